@@ -1,0 +1,132 @@
+"""Runs a workflow over many inputs; one input's failure never stops the others."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from wfe.errors import WfeError
+from wfe.plugins import Registry
+from wfe.progress import DaskProgress, make_progress
+from wfe.runner import run_input
+from wfe.workflow import Workflow
+
+__all__ = ["BatchResult", "expand_inputs", "output_root", "run_batch"]
+
+log = logging.getLogger("wfe")
+
+
+@dataclass
+class BatchResult:
+    """Per-input records as written to run.json."""
+
+    root: Path
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, r in self.records.items() if r["status"] != "done"]
+
+
+def expand_inputs(patterns: list[str], base: Path) -> list[Path]:
+    """Paths and globs -> input paths, in order, without duplicates.
+
+    A pattern with no glob characters is kept even when it does not exist, so
+    a missing file is reported as that input's failure rather than dropped.
+    """
+    out: list[Path] = []
+    for pattern in patterns:
+        p = Path(pattern).expanduser()
+        p = p if p.is_absolute() else base / p
+        if glob.has_magic(str(p)):
+            out.extend(Path(m) for m in sorted(glob.glob(str(p), recursive=True)))
+        else:
+            out.append(p)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def output_root(template: str) -> Path:
+    """The fixed part of an output template: where run.json and wfe.log go."""
+    if "{" not in template:
+        return Path(template)
+    head = template.split("{", 1)[0]
+    return Path(head) if head.endswith(("/", os.sep)) else Path(head).parent
+
+
+def _input_output(template: str, path: Path) -> Path:
+    from wfe.stage import _InputFields
+
+    if "{" not in template:
+        template = os.path.join(template, "{input.stem}")
+    return Path(template.format(input=_InputFields(path)))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
+              output_template: str, device: str = "auto", workers: int | None = None,
+              debug: bool = False, console: Console | None = None) -> BatchResult:
+    """Run ``workflow`` on each input, recording each in ``run.json`` as it finishes."""
+    console = console or Console(stderr=True)
+    root = output_root(output_template)
+    root.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    result = BatchResult(root=root)
+    run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
+    try:
+        with make_progress(console) as progress:
+            overall = progress.add_task("inputs", total=len(inputs))
+            for path in inputs:
+                record: dict[str, Any] = {"status": "running", "output": None, "error": None}
+                result.records[str(path)] = record
+                t0 = time.perf_counter()
+                log.info("start %s", path)
+                task = progress.add_task(path.name, total=None)
+                try:
+                    out = _input_output(output_template, path)
+                    record["output"] = str(out)
+                    out.mkdir(parents=True, exist_ok=True)
+                    summary = run_input(workflow, path, out, registry, device=device,
+                                        workers=workers,
+                                        callbacks=(DaskProgress(progress, task),))
+                    record.update(status="done", **summary)
+                    log.info("done %s in %.1f s", path, time.perf_counter() - t0)
+                except WfeError as exc:
+                    record.update(status="failed", error=exc.line())
+                    log.error("failed %s: %s", path, exc.line())
+                    console.print(f"[red]error:[/red] {exc.line()}", markup=True, highlight=False)
+                    if debug:
+                        console.print(traceback.format_exc())
+                except Exception as exc:  # noqa: BLE001 - one input's crash is that input's failure
+                    line = f"{path}: {type(exc).__name__}: {exc}"
+                    record.update(status="failed", error=line)
+                    log.error("failed %s\n%s", path, traceback.format_exc())
+                    console.print(f"[red]error:[/red] {line} (see {root / 'wfe.log'})",
+                                  markup=True, highlight=False)
+                    if debug:
+                        console.print(traceback.format_exc())
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                progress.update(task, visible=False)
+                progress.advance(overall)
+                _write_json(root / "run.json", run_json)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return result

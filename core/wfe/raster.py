@@ -1,0 +1,139 @@
+"""Raster: the lazy, multiscale image that flows between stages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["Raster"]
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A lazy multiscale image.
+
+    Attributes
+    ----------
+    levels
+        Dask arrays with axes ``(c, y, x)``; level 0 is the finest. Chunks follow
+        the storage they come from (native tiles) or go to.
+    pixel_size
+        Micrometres per pixel of each level (slides), or ``None``.
+    crs, transform
+        For geodata: the CRS (WKT or ``EPSG:n``) and the affine transform of
+        level 0 as ``(a, b, c, d, e, f)`` (x = a*col + b*row + c; y = d*col + e*row + f).
+    channels
+        One name per channel.
+    attrs
+        Anything else worth keeping: vendor metadata, the source path, class names
+        (``classes``) and colours (``colors``) of label images.
+    """
+
+    levels: Sequence[da.Array]
+    pixel_size: Sequence[float] | None = None
+    crs: str | None = None
+    transform: tuple[float, ...] | None = None
+    channels: Sequence[str] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            raise ValueError("a Raster needs at least one level")
+        for lvl in self.levels:
+            if lvl.ndim != 3:
+                raise ValueError(f"levels must have axes (c, y, x); got shape {lvl.shape}")
+        if self.pixel_size is not None and len(self.pixel_size) != len(self.levels):
+            raise ValueError("pixel_size needs one value per level")
+        if not self.channels:
+            n = self.levels[0].shape[0]
+            object.__setattr__(self, "channels", tuple(f"c{i}" for i in range(n)))
+
+    @property
+    def data(self) -> da.Array:
+        """Level 0."""
+        return self.levels[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.levels[0].shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.levels[0].dtype
+
+    @property
+    def mpp(self) -> float | None:
+        """Micrometres per pixel of level 0, if known."""
+        return None if self.pixel_size is None else float(self.pixel_size[0])
+
+    def downsamples(self) -> list[float]:
+        """Each level's downsample factor relative to level 0 (from the widths)."""
+        w0 = self.levels[0].shape[2]
+        return [w0 / lvl.shape[2] for lvl in self.levels]
+
+    def level_for(self, mpp: float, tolerance: float = 0.05) -> int:
+        """The coarsest level whose pixel size is at most ``mpp`` (within ``tolerance``).
+
+        Returns 0 when even level 0 is coarser than ``mpp``; callers decide
+        whether that is an error.
+        """
+        if self.pixel_size is None:
+            raise ValueError("this image has no pixel size")
+        best = 0
+        for i, size in enumerate(self.pixel_size):
+            if size <= mpp * (1 + tolerance):
+                best = i
+        return best
+
+    def select(self, first: int) -> Raster:
+        """The same image, starting at level ``first`` (coarser levels kept)."""
+        pixel_size = None if self.pixel_size is None else list(self.pixel_size[first:])
+        transform = self.transform
+        if transform is not None and first:
+            f = self.downsamples()[first]
+            a, b, c, d, e, g = transform
+            transform = (a * f, b * f, c, d * f, e * f, g)
+        return replace(self, levels=list(self.levels[first:]), pixel_size=pixel_size,
+                       transform=transform)
+
+    def derived(self, levels: Sequence[da.Array], channels: Sequence[str],
+                **attrs: Any) -> Raster:
+        """A new raster with this one's geometry (level 0 only) and other pixels.
+
+        Used for outputs such as probabilities and labels: same shape in y and x,
+        same pixel size / CRS / transform, so writers can put them on the source.
+        """
+        if tuple(levels[0].shape[1:]) != self.shape[1:]:
+            raise ValueError(f"derived raster shape {levels[0].shape} differs from {self.shape}")
+        pixel_size = None if self.pixel_size is None else [self.pixel_size[0]]
+        new_attrs = {k: v for k, v in self.attrs.items() if k in ("source", "vendor")}
+        new_attrs.update(attrs)
+        return Raster(levels=list(levels)[:1], pixel_size=pixel_size, crs=self.crs,
+                      transform=self.transform, channels=tuple(channels), attrs=new_attrs)
+
+    def thumbnail_level(self, max_size: int) -> int:
+        """The finest level whose longer side is at most ``max_size`` (else the coarsest)."""
+        for i, lvl in enumerate(self.levels):
+            if max(lvl.shape[1:]) <= max_size:
+                return i
+        return len(self.levels) - 1
+
+    def __repr__(self) -> str:
+        c, h, w = self.shape
+        geo = f"{self.mpp:g} µm/px" if self.mpp else (self.crs or "no geometry")
+        return (f"Raster({c}×{h}×{w} {self.dtype}, {len(self.levels)} levels, {geo}, "
+                f"channels={list(self.channels)})")
+
+
+def pyramid_shapes(height: int, width: int, min_size: int = 256) -> list[tuple[int, int]]:
+    """Shapes of a factor-2 pyramid down to ``min_size`` on the longer side."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > min_size:
+        h, w = shapes[-1]
+        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return shapes

@@ -1,0 +1,137 @@
+"""Lazy sliding-window inference over a dask array, stitched seam-free.
+
+Each window of the global grid (:mod:`wfe.grid`) is owned by the output chunk
+its start falls in, so it is computed exactly once. Phase one, per chunk:
+read the region covered by the chunk's own windows, predict them in batches
+and accumulate ``prediction × weight`` and ``weight`` over that region.
+Phase two, per output chunk: add up the accumulations of every owner whose
+region overlaps the chunk and divide. The result is independent of the chunk
+size (up to float rounding) and equals an in-memory sliding-window pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from wfe.grid import WindowGrid, blend_weights
+
+__all__ = ["sliding_window_map"]
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple[int, int],
+                predict: Predict, window: int, weights: np.ndarray, out_channels: int,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Predict the windows in ``region`` and return (Σ p·w, Σ w, origin)."""
+    h, w = region.shape[1:]
+    num = np.zeros((out_channels, h, w), np.float32)
+    den = np.zeros((h, w), np.float32)
+    oy, ox = origin
+    for i in range(0, len(starts), batch_size):
+        batch_starts = starts[i:i + batch_size]
+        batch = np.stack([region[:, y - oy:y - oy + window, x - ox:x - ox + window]
+                          for y, x in batch_starts])
+        preds = np.asarray(predict(batch), dtype=np.float32)
+        if preds.shape != (len(batch_starts), out_channels, window, window):
+            raise ValueError(f"predict returned shape {preds.shape}, expected "
+                             f"{(len(batch_starts), out_channels, window, window)}")
+        for (y, x), p in zip(batch_starts, preds, strict=True):
+            ys, xs = slice(y - oy, y - oy + window), slice(x - ox, x - ox + window)
+            num[:, ys, xs] += p * weights
+            den[ys, xs] += weights
+    return num, den, origin
+
+
+def _assemble(box: tuple[int, int, int, int], background: np.ndarray, dtype: Any,
+              *parts: tuple[np.ndarray, np.ndarray, tuple[int, int]]) -> np.ndarray:
+    """Blend the owners' accumulations over one output chunk."""
+    y0, y1, x0, x1 = box
+    k = background.shape[0]
+    num = np.zeros((k, y1 - y0, x1 - x0), np.float32)
+    den = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for pnum, pden, (oy, ox) in parts:
+        ph, pw = pden.shape
+        iy0, iy1 = max(y0, oy), min(y1, oy + ph)
+        ix0, ix1 = max(x0, ox), min(x1, ox + pw)
+        if iy0 >= iy1 or ix0 >= ix1:
+            continue
+        src = (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox))
+        dst = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        num[(slice(None), *dst)] += pnum[(slice(None), *src)]
+        den[dst] += pden[src]
+    covered = den > 0
+    out = np.empty_like(num)
+    out[:] = background[:, None, None]
+    np.divide(num, den, out=out, where=covered[None])
+    return out.astype(dtype, copy=False)
+
+
+def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, window: int,
+                       overlap: int, blend: str = "gaussian", sigma_scale: float = 0.125,
+                       chunk: int = 2048, batch_size: int = 8,
+                       keep: Callable[[int, int], bool] | None = None,
+                       background: np.ndarray | None = None,
+                       dtype: Any = np.float32) -> da.Array:
+    """Apply ``predict`` over overlapping windows of ``image`` (c, y, x); return (k, y, x).
+
+    Parameters
+    ----------
+    predict
+        Maps a batch ``(n, c, window, window)`` of image pixels to
+        ``(n, out_channels, window, window)`` predictions.
+    keep
+        ``keep(y, x)`` is false for windows to skip (e.g. no tissue); pixels no
+        kept window covers get ``background``.
+    chunk
+        Output chunk size; the result does not depend on it.
+    """
+    _, height, width = image.shape
+    grid = WindowGrid(height, width, window, overlap)
+    weights = blend_weights(window, blend, sigma_scale, overlap)
+    if background is None:
+        background = np.zeros(out_channels, np.float32)
+    background = np.asarray(background, np.float32)
+    chunk = max(int(chunk), 1)
+    y_edges = list(range(0, height, chunk)) + [height]
+    x_edges = list(range(0, width, chunk)) + [width]
+
+    owners: list[tuple[tuple[int, int, int, int], Any]] = []
+    for i in range(len(y_edges) - 1):
+        for j in range(len(x_edges) - 1):
+            starts = grid.owned_by(y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
+            if keep is not None:
+                starts = [s for s in starts if keep(*s)]
+            if not starts:
+                continue
+            ry0 = min(y for y, _ in starts)
+            rx0 = min(x for _, x in starts)
+            ry1 = max(y for y, _ in starts) + window
+            rx1 = max(x for _, x in starts) + window
+            region = image[:, ry0:ry1, rx0:rx1]
+            part = dask.delayed(_accumulate, pure=True)(
+                region, starts, (ry0, rx0), predict, window, weights, out_channels, batch_size)
+            owners.append(((ry0, ry1, rx0, rx1), part))
+
+    rows = []
+    for i in range(len(y_edges) - 1):
+        row = []
+        for j in range(len(x_edges) - 1):
+            box = (y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
+            parts = [p for (ry0, ry1, rx0, rx1), p in owners
+                     if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1]
+            shape = (out_channels, box[1] - box[0], box[3] - box[2])
+            if parts:
+                block = da.from_delayed(
+                    dask.delayed(_assemble, pure=True)(box, background, dtype, *parts),
+                    shape=shape, dtype=dtype)
+            else:
+                block = da.broadcast_to(background.astype(dtype)[:, None, None], shape)
+            row.append(block)
+        rows.append(row)
+    return da.block(rows).rechunk((out_channels, chunk, chunk))

@@ -1,0 +1,69 @@
+"""wfe's built-in plugins: readers, writers, stages, architectures, commands.
+
+They are registered through the ``wfe`` entry point of the ``wfe``
+distribution, exactly as a third-party plugin is, and have no other way in.
+This module stays light: it only returns descriptors.
+"""
+
+from __future__ import annotations
+
+from wfe import hookimpl
+from wfe.specs import ArchitectureSpec, CommandSpec, ReaderSpec, StageSpec, WriterSpec
+
+__all__ = ["wfe_architectures", "wfe_commands", "wfe_readers", "wfe_stages", "wfe_writers"]
+
+#: segmentation_models_pytorch architectures a model card may name.
+SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "Linknet", "PSPNet", "PAN", "MAnet",
+                     "DeepLabV3", "DeepLabV3Plus", "UPerNet", "Segformer", "DPT")
+
+
+@hookimpl
+def wfe_stages() -> list[StageSpec]:
+    return [
+        StageSpec("read", "wfe_builtin.stages.read:ReadStage",
+                  "open the input image at the pixel size asked for"),
+        StageSpec("tissue_mask", "wfe_builtin.stages.tissue_mask:TissueMaskStage",
+                  "find tissue on a low-resolution level (Otsu on saturation)"),
+        StageSpec("segment", "wfe_builtin.stages.segment:SegmentStage",
+                  "sliding-window segmentation with a model card + safetensors"),
+        StageSpec("write", "wfe_builtin.stages.write:WriteStage",
+                  "write an artifact with the writer for its format"),
+    ]
+
+
+@hookimpl
+def wfe_readers() -> list[ReaderSpec]:
+    return [
+        ReaderSpec("openslide", "wfe_builtin.readers.openslide:OpenSlideReader",
+                   "vendor whole-slide formats through OpenSlide",
+                   suffixes=(".svs", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif",
+                             ".tif", ".tiff", ".dcm"), priority=50),
+        ReaderSpec("tiff", "wfe_builtin.readers.tiff:TiffReader",
+                   "tiled pyramidal TIFF, OME-TIFF, BigTIFF through tifffile",
+                   suffixes=(".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf"), priority=40),
+    ]
+
+
+@hookimpl
+def wfe_writers() -> list[WriterSpec]:
+    return [
+        WriterSpec("ome-zarr", "wfe_builtin.writers.ome_zarr:OmeZarrWriter",
+                   "OME-Zarr (NGFF) multiscale image", format="ome-zarr",
+                   suffixes=(".ome.zarr", ".zarr")),
+        WriterSpec("png", "wfe_builtin.writers.overlay:OverlayWriter",
+                   "overlay thumbnail: labels coloured over the source", format="png",
+                   suffixes=(".png", ".jpg", ".jpeg")),
+    ]
+
+
+@hookimpl
+def wfe_architectures() -> list[ArchitectureSpec]:
+    return [ArchitectureSpec(name, "wfe_builtin.models.smp:build",
+                             f"segmentation_models_pytorch.{name}")
+            for name in SMP_ARCHITECTURES]
+
+
+@hookimpl
+def wfe_commands() -> list[CommandSpec]:
+    return [CommandSpec("sample", "wfe_builtin.synthetic.command:sample",
+                        "Write a deterministic synthetic H&E-like slide (pyramidal tiled TIFF).")]

@@ -1,0 +1,174 @@
+"""``segment``: sliding-window segmentation with a model card + safetensors weights.
+
+The network runs lazily through dask, window by window on the global grid
+(:mod:`wfe.grid`), batched, under ``torch.inference_mode()``; overlapping
+windows are blended (:mod:`wfe.stitch`). With ``scales`` the model runs at each
+pixel size and the coarser predictions are upsampled and fused onto the grid
+of the first. This module imports torch only when the stage runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+from pydantic import Field
+
+from wfe.errors import InputError
+from wfe.grid import BLEND_MODES
+from wfe.raster import Raster
+from wfe.resample import integer_factor, upsample_linear
+from wfe.stage import Ref, Stage, StageContext, StageParams
+from wfe.stitch import sliding_window_map
+from wfe_builtin.models.card import card_path, load_card
+from wfe_builtin.stages.read import at_mpp
+
+__all__ = ["SegmentStage"]
+
+
+class SegmentParams(StageParams):
+    image: Ref = Field(description="The image to segment.")
+    model: str = Field(description="Path of the .safetensors weights (card beside it).")
+    mask: Ref | None = Field(None, description="Tissue mask: windows without tissue are skipped.")
+    min_tissue: float = Field(0.01, ge=0, le=1,
+                              description="Skip windows with less masked area than this.")
+    scales: list[float] | None = Field(None, min_length=1,
+                                       description="Pixel size (µm) of each pass; fused at the "
+                                                   "first. Default: the model's mpp.")
+    fuse: Literal["mean", "max"] = Field("mean", description="How scales are combined.")
+    window: int | None = Field(None, gt=0, description="Window size; default: the model's.")
+    overlap: int = Field(64, ge=0, description="Overlap of neighbouring windows (pixels).")
+    blend: Literal["gaussian", "cosine", "constant", "crop"] = Field(
+        "gaussian", description="Weights of overlapping windows: " + ", ".join(BLEND_MODES))
+    sigma_scale: float = Field(0.125, gt=0, description="Gaussian sigma / window.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 autocast on CUDA, fp32 on CPU.")
+    tta: list[Literal["rot90", "flip"]] = Field(
+        default_factory=list, description="Test-time augmentation: rot90 (0/90/180/270), flip.")
+    batch_size: int = Field(8, gt=0, description="Windows per model call.")
+    chunk: int = Field(2048, gt=0, description="Output chunk size (the result does not depend "
+                                               "on it).")
+
+    def model_path(self, base: Path) -> Path:
+        p = Path(self.model).expanduser()
+        return p if p.is_absolute() else base / p
+
+
+class SegmentStage(Stage):
+    """Class probabilities and labels of an image, on the grid of the first scale."""
+
+    name = "segment"
+    outputs = ("probabilities", "labels")
+    Params = SegmentParams
+
+    @staticmethod
+    def check(params: SegmentParams, base: Path) -> list[str]:
+        """Problems visible before any pixel is read: the model files and card."""
+        weights = params.model_path(base)
+        problems = []
+        if not weights.exists():
+            problems.append(f"model: {weights} not found")
+        if not card_path(weights).exists():
+            problems.append(f"model: card {card_path(weights)} not found (it goes beside the "
+                            "weights, same name, .yaml)")
+        else:
+            try:
+                card = load_card(weights)
+            except InputError as exc:
+                problems.append(f"model: {exc.line()}")
+            else:
+                window = params.window or card.window
+                if params.overlap >= window:
+                    problems.append(f"overlap {params.overlap} must be smaller than window {window}")
+        return problems
+
+    def run(self, ctx: StageContext, *, image: Raster, mask: Raster | None = None,
+            **_: Any) -> dict[str, Any]:
+        from wfe_builtin.models.loader import load_model
+
+        p: SegmentParams = self.params  # type: ignore[assignment]
+        weights = p.model_path(ctx.workflow_dir)
+        card = load_card(weights)
+        source = image.attrs.get("source", "image")
+        if image.shape[0] != card.in_channels:
+            raise InputError(f"{source}: the image has {image.shape[0]} channels but model "
+                             f"{card.name!r} expects {card.in_channels}",
+                             "use a model trained on this kind of image, or select its bands")
+        model = load_model(weights, ctx.device, p.precision, ctx.registry)
+        window = p.window or card.window
+        scales = p.scales or ([card.mpp] if card.mpp and image.pixel_size else [None])
+        tta = tuple(p.tta)
+        k = len(card.classes)
+        background = np.zeros(k, np.float32)
+        background[0] = 1.0
+
+        passes = []
+        skipped = total = 0
+        for scale in scales:
+            level = at_mpp(image, scale, f"stage {ctx.stage_id}") if scale else image
+            arr = level.levels[0]
+            h, w = arr.shape[1:]
+            if window > min(h, w):
+                raise InputError(f"{source}: window {window} is larger than the image at "
+                                 f"{scale or level.mpp} µm ({w} × {h} px)",
+                                 "use a smaller window or a finer pixel size")
+            keep = None
+            if mask is not None:
+                keep, n_skip, n_all = _tissue_filter(mask, h, w, window, p.overlap, p.min_tissue)
+                skipped, total = skipped + n_skip, total + n_all
+            probs = sliding_window_map(
+                arr, lambda b: model.predict(b, tta), out_channels=k, window=window,
+                overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
+                batch_size=p.batch_size, keep=keep, background=background)
+            passes.append((level, probs))
+
+        base_level, fused = passes[0]
+        if len(passes) > 1:
+            shape = fused.shape[1:]
+            ups = [fused]
+            for level, probs in passes[1:]:
+                factor = integer_factor(level.mpp / base_level.mpp) if level.mpp else None
+                if factor is None:
+                    raise InputError(f"stage {ctx.stage_id}: scale {level.mpp} is not an integer "
+                                     f"multiple of the first scale {base_level.mpp}",
+                                     "list scales that are integer multiples of the first")
+                ups.append(upsample_linear(probs, factor, shape).rechunk(fused.chunks))
+            stacked = da.stack(ups)
+            fused = stacked.mean(axis=0) if p.fuse == "mean" else stacked.max(axis=0)
+            if p.fuse == "max":
+                fused = fused / fused.sum(axis=0, keepdims=True)
+        if total:
+            ctx.record("windows_skipped_fraction", round(skipped / total, 4))
+        labels = fused.argmax(axis=0)[None].astype(np.uint8)
+        colors = card.colors
+        probabilities = base_level.derived([fused.astype(np.float32)], card.classes,
+                                           classes=list(card.classes), colors=colors)
+        label_raster = base_level.derived([labels], ("labels",), classes=list(card.classes),
+                                          colors=colors)
+        return {"probabilities": probabilities, "labels": label_raster}
+
+
+def _tissue_filter(mask: Raster, h: int, w: int, window: int, overlap: int,
+                   min_tissue: float) -> tuple[Any, int, int]:
+    """``keep(y, x)`` for windows of an ``h × w`` grid, from a (small) mask raster."""
+    from wfe.grid import WindowGrid
+
+    m = np.asarray(mask.levels[0][0].compute(), dtype=np.float64) > 0  # small by construction
+    mh, mw = m.shape
+    integral = np.zeros((mh + 1, mw + 1))
+    integral[1:, 1:] = m.cumsum(0).cumsum(1)
+    sy, sx = mh / h, mw / w
+    grid = WindowGrid(h, w, window, overlap)
+
+    def fraction(y: int, x: int) -> float:
+        y0, y1 = int(np.floor(y * sy)), max(int(np.ceil((y + window) * sy)), int(y * sy) + 1)
+        x0, x1 = int(np.floor(x * sx)), max(int(np.ceil((x + window) * sx)), int(x * sx) + 1)
+        y1, x1 = min(y1, mh), min(x1, mw)
+        area = (y1 - y0) * (x1 - x0)
+        inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+        return inside / area if area else 0.0
+
+    kept = {(y, x) for y in grid.ys for x in grid.xs if fraction(y, x) >= min_tissue}
+    return (lambda y, x: (y, x) in kept), len(grid) - len(kept), len(grid)
