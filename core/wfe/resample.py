@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import dask.array as da
 import numpy as np
 
@@ -57,8 +59,8 @@ def upsample_linear(arr: da.Array, k: int, shape: tuple[int, int]) -> da.Array:
     else:
         chunks = (arr.chunks[0], tuple(c * k for c in arr.chunks[1]),
                   tuple(c * k for c in arr.chunks[2]))
-        out = arr.map_overlap(_bilinear_block, k, depth={0: 0, 1: 1, 2: 1}, boundary="nearest",
-                              trim=False, chunks=chunks, dtype=np.float32)
+        out = da.map_overlap(partial(_bilinear_block, k=k), arr, depth={0: 0, 1: 1, 2: 1},
+                             boundary="nearest", trim=False, chunks=chunks, dtype=np.float32)
     h, w = shape
     out = out[:, :h, :w]
     ph, pw = h - out.shape[1], w - out.shape[2]

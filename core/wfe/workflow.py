@@ -177,6 +177,7 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
         raise WorkflowError(problems) from None
 
     nodes: dict[str, StageNode] = {}
+    classes: dict[str, type[Stage]] = {}
     raw_refs: dict[str, list[tuple[int, str, str]]] = {}
     for index, sd in enumerate(wf.stages):
         prefix = f"stage {sd.id}"
@@ -189,6 +190,7 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
             problems.append(f"{loc.at(('stages', index, 'uses'))}: {prefix}: {exc.line()}")
             raw_refs[sd.id] = []
             continue
+        classes[sd.id] = stage_class
         params_model = stage_class.Params
         refs = ref_fields(params_model)
         try:
@@ -219,8 +221,8 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
                                 f"{target!r}{_closest(target, all_ids)}")
                 continue
             graph[stage_id].add(target)
-            if target in nodes and stage_id in nodes:
-                outs = nodes[target].stage_class.outputs
+            if target in classes:
+                outs = classes[target].outputs
                 if output and output not in outs:
                     problems.append(f"{where}: stage {stage_id}: {fname}: stage {target!r} has no "
                                     f"output {output!r}{_closest(output, outs)} (it has "
@@ -230,7 +232,8 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
                     problems.append(f"{where}: stage {stage_id}: {fname}: stage {target!r} "
                                     "produces nothing to read")
                     continue
-                nodes[stage_id].refs[fname] = (target, output or outs[0])
+                if stage_id in nodes:
+                    nodes[stage_id].refs[fname] = (target, output or outs[0])
     order: list[str] = []
     try:
         order = list(graphlib.TopologicalSorter(graph).static_order())

@@ -33,13 +33,18 @@ def at_mpp(raster: Raster, mpp: float, what: str) -> Raster:
     if mpp < raster.pixel_size[0] * (1 - TOLERANCE):
         raise InputError(f"{what}: mpp {mpp} is finer than level 0 ({raster.pixel_size[0]:.4g} µm)",
                          f"ask for mpp ≥ {raster.pixel_size[0]:.4g}")
-    index = raster.level_for(mpp, TOLERANCE)
-    chosen = raster.select(index)
-    k = integer_factor(mpp / chosen.pixel_size[0], TOLERANCE)
+    # The coarsest level from which mpp is an integer downsample (cheapest to read).
+    top = raster.level_for(mpp, TOLERANCE)
+    k = None
+    for index in range(top, -1, -1):
+        k = integer_factor(mpp / raster.pixel_size[index], TOLERANCE)
+        if k is not None:
+            break
     if k is None:
         raise InputError(f"{what}: mpp {mpp} is not an integer downsample of any level "
                          f"(levels: {', '.join(f'{p:.4g}' for p in raster.pixel_size)} µm)",
                          "ask for a pixel size that is a level's times an integer")
+    chosen = raster.select(index)
     if k == 1:
         return chosen
     base = downsample(chosen.levels[0], k)

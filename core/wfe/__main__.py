@@ -1,0 +1,5 @@
+"""``python -m wfe`` is the ``wfe`` command."""
+
+from wfe.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""Shared fixtures: generated images, the shipped model, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "workflows" / "models" / "demo.safetensors"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> CliResult:
+    """Run ``python -m wfe ARGS`` as a user would, capturing its output."""
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "wfe", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def sample_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2048 × 2048 synthetic slide at 0.5 µm/px (4 pyramid levels), seed 3."""
+    from wfe_builtin.synthetic import SyntheticSlide, write_slide
+
+    path = tmp_path_factory.mktemp("slides") / "slide.tiff"
+    return write_slide(SyntheticSlide(2048, 2048, mpp=0.5, seed=3), path)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from wfe.plugins import load_registry
+
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The shipped demo model, loaded once."""
+    from wfe.plugins import load_registry
+    from wfe_builtin.models.loader import load_model
+
+    return load_model(MODEL, "cpu", "fp32", load_registry())
+
+
+def ome_zarr_level(path: Path, level: int = 0):
+    """Pixels of one level of an OME-Zarr image, found through its multiscales metadata."""
+    import numpy as np
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+    return np.asarray(group[datasets[level]["path"]])

@@ -1,0 +1,68 @@
+"""Readers, the synthetic slide, and the read stage's level choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+
+from wfe.errors import InputError
+from wfe.io import open_image
+from wfe_builtin.readers.openslide import OpenSlideReader
+from wfe_builtin.stages.read import at_mpp
+from wfe_builtin.synthetic import SyntheticSlide, write_slide
+
+
+def test_sample_is_a_pyramidal_tiff_openslide_opens(sample_slide):
+    slide = openslide.OpenSlide(str(sample_slide))
+    assert slide.level_dimensions[:3] == ((2048, 2048), (1024, 1024), (512, 512))
+    assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
+    assert slide.properties["openslide.level[0].tile-width"] == "256"
+    import tifffile
+
+    with tifffile.TiffFile(sample_slide) as tif:
+        assert tif.pages.first.compression == tifffile.COMPRESSION.JPEG
+        assert tif.pages.first.is_tiled
+
+
+def test_sample_is_deterministic(tmp_path):
+    a = write_slide(SyntheticSlide(700, 500, seed=11), tmp_path / "a.tiff")
+    b = write_slide(SyntheticSlide(700, 500, seed=11), tmp_path / "b.tiff")
+    c = write_slide(SyntheticSlide(700, 500, seed=12), tmp_path / "c.tiff")
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_tiff_and_openslide_readers_agree(sample_slide, registry):
+    by_probe = open_image(sample_slide, registry)
+    assert by_probe.attrs["reader"] == "tiff"
+    via_openslide = OpenSlideReader().open(sample_slide)
+    assert [lvl.shape for lvl in by_probe.levels] == [lvl.shape for lvl in via_openslide.levels]
+    assert by_probe.pixel_size == pytest.approx(via_openslide.pixel_size)
+    assert by_probe.pixel_size[:3] == pytest.approx([0.5, 1.0, 2.0])
+    a = by_probe.levels[1][:, 300:700, 200:650].compute()
+    b = via_openslide.levels[1][:, 300:700, 200:650].compute()
+    assert a.dtype == b.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0  # same JPEG tiles, two decoders
+
+
+def test_readers_are_lazy_and_chunked_on_tiles(sample_slide, registry):
+    raster = open_image(sample_slide, registry)
+    assert raster.levels[0].chunks[1][0] == 256 and raster.levels[0].chunks[2][0] == 256
+    # One tile's worth of graph: computing a corner reads one chunk.
+    corner = raster.levels[0][:, :10, :10]
+    assert len(corner.__dask_graph__().dependencies) >= 1
+    truth, _ = SyntheticSlide(2048, 2048, mpp=0.5, seed=3).render(0, 0, 256, 256)
+    got = raster.levels[0][:, :256, :256].compute().transpose(1, 2, 0)
+    assert np.abs(got.astype(int) - truth.astype(int)).mean() < 5  # JPEG q90 of the same pixels
+
+
+def test_read_level_choice(sample_slide, registry):
+    raster = open_image(sample_slide, registry)
+    assert at_mpp(raster, 1.0, "t").shape == (3, 1024, 1024)
+    assert at_mpp(raster, 2.0, "t").levels[0] is raster.levels[2]
+    down = at_mpp(raster, 3.0, "t")  # level 1 (1 µm) averaged by 3
+    assert down.mpp == pytest.approx(3.0) and down.shape == (3, 342, 342)
+    with pytest.raises(InputError, match="finer than level 0"):
+        at_mpp(raster, 0.25, "t")
+    with pytest.raises(InputError, match="not an integer downsample"):
+        at_mpp(raster, 1.4, "t")
