@@ -111,7 +111,8 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                 except WfeError as exc:
                     record.update(status="failed", error=exc.line())
                     log.error("failed %s: %s", path, exc.line())
-                    console.print(f"[red]error:[/red] {exc.line()}", markup=True, highlight=False)
+                    console.print(f"[red]error:[/red] {exc.line()}", markup=True, highlight=False,
+                                  soft_wrap=True)
                     if debug:
                         console.print(traceback.format_exc())
                 except Exception as exc:  # noqa: BLE001 - one input's crash is that input's failure
@@ -119,7 +120,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                     record.update(status="failed", error=line)
                     log.error("failed %s\n%s", path, traceback.format_exc())
                     console.print(f"[red]error:[/red] {line} (see {root / 'wfe.log'})",
-                                  markup=True, highlight=False)
+                                  markup=True, highlight=False, soft_wrap=True)
                     if debug:
                         console.print(traceback.format_exc())
                 record["seconds"] = round(time.perf_counter() - t0, 3)

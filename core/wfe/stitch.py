@@ -4,8 +4,10 @@ Each window of the global grid (:mod:`wfe.grid`) is owned by the output chunk
 its start falls in, so it is computed exactly once. Phase one, per chunk:
 read the region covered by the chunk's own windows, predict them in batches
 and accumulate ``prediction × weight`` and ``weight`` over that region.
-Phase two, per output chunk: add up the accumulations of every owner whose
-region overlaps the chunk and divide. The result is independent of the chunk
+Each accumulation is cut at once into the pieces that fall in each output
+chunk, so what stays in memory is a strip about one window wide along the
+frontier of finished chunks. Phase two, per output chunk: add up its pieces and
+divide. The result is independent of the chunk
 size (up to float rounding) and equals an in-memory sliding-window pass.
 """
 
@@ -46,6 +48,23 @@ def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple
             num[:, ys, xs] += p * weights
             den[ys, xs] += weights
     return num, den, origin
+
+
+def _cut(part: tuple[np.ndarray, np.ndarray, tuple[int, int]],
+         box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The piece of an owner's accumulation that falls in one output chunk.
+
+    Cutting right away lets the owner's whole accumulation be freed; only the
+    pieces still waiting for their chunk stay in memory (a strip of about one
+    window along the frontier of finished chunks, not whole owner regions).
+    """
+    num, den, (oy, ox) = part
+    y0, y1, x0, x1 = box
+    ph, pw = den.shape
+    iy0, iy1 = max(y0, oy), min(y1, oy + ph)
+    ix0, ix1 = max(x0, ox), min(x1, ox + pw)
+    sy, sx = slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)
+    return num[:, sy, sx].copy(), den[sy, sx].copy(), (iy0, ix0)
 
 
 def _assemble(box: tuple[int, int, int, int], background: np.ndarray, dtype: Any,
@@ -89,7 +108,8 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
         ``keep(y, x)`` is false for windows to skip (e.g. no tissue); pixels no
         kept window covers get ``background``.
     chunk
-        Output chunk size; the result does not depend on it.
+        Approximate output chunk size: chunks are the multiple of the stride
+        (``window - overlap``) closest to it. The result does not depend on it.
     """
     _, height, width = image.shape
     grid = WindowGrid(height, width, window, overlap)
@@ -97,9 +117,13 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
     if background is None:
         background = np.zeros(out_channels, np.float32)
     background = np.asarray(background, np.float32)
-    chunk = max(int(chunk), 1)
-    y_edges = list(range(0, height, chunk)) + [height]
-    x_edges = list(range(0, width, chunk)) + [width]
+    # Chunk edges on multiples of the stride: a chunk's windows then reach only
+    # `overlap` pixels into the next chunk, which keeps the pieces waiting for
+    # their chunk (the frontier) small.
+    stride = max(window - overlap, 1)
+    block = max(1, round(chunk / stride)) * stride
+    y_edges = list(range(0, height, block)) + [height]
+    x_edges = list(range(0, width, block)) + [width]
 
     owners: list[tuple[tuple[int, int, int, int], Any]] = []
     for i in range(len(y_edges) - 1):
@@ -123,7 +147,7 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
         row = []
         for j in range(len(x_edges) - 1):
             box = (y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
-            parts = [p for (ry0, ry1, rx0, rx1), p in owners
+            parts = [dask.delayed(_cut, pure=True)(p, box) for (ry0, ry1, rx0, rx1), p in owners
                      if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1]
             shape = (out_channels, box[1] - box[0], box[3] - box[2])
             if parts:
@@ -134,4 +158,4 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
                 block = da.broadcast_to(background.astype(dtype)[:, None, None], shape)
             row.append(block)
         rows.append(row)
-    return da.block(rows).rechunk((out_channels, chunk, chunk))
+    return da.block(rows)

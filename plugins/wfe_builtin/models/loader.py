@@ -14,7 +14,7 @@ from wfe.errors import InputError, WfeError
 from wfe.plugins import Registry
 from wfe_builtin.models.card import ModelCard, load_card
 
-__all__ = ["LoadedModel", "load_model", "resolve_device"]
+__all__ = ["LoadedModel", "load_model", "resolve_device", "tta_passes"]
 
 
 def resolve_device(device: str) -> str:
@@ -81,6 +81,11 @@ class LoadedModel:
         return out
 
 
+def tta_passes(tta: tuple[str, ...]) -> int:
+    """Forward passes per window under ``tta`` (identity, 3 rotations, 2 flips)."""
+    return 1 + 3 * ("rot90" in tta) + 2 * ("flip" in tta)
+
+
 def _tta_views(tta: tuple[str, ...]) -> list[tuple[Any, Any]]:
     """(forward, inverse) pairs: identity, the rotations, the flips."""
     import torch
@@ -93,13 +98,13 @@ def _tta_views(tta: tuple[str, ...]) -> list[tuple[Any, Any]]:
     if "flip" in tta:
         for dim in (2, 3):
             views.append((lambda t, d=dim: torch.flip(t, (d,)), lambda t, d=dim: torch.flip(t, (d,))))
+    assert len(views) == tta_passes(tta)
     return views
 
 
 @lru_cache(maxsize=8)
 def _load(weights: Path, mtime: float, device: str, precision: str,
           registry_id: int) -> LoadedModel:
-    import torch
     from safetensors.torch import load_file
 
     registry = _REGISTRIES[registry_id]

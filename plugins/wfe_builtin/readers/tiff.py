@@ -60,7 +60,7 @@ class TiffReader:
         store = tifffile.imread(path, aszarr=True)
         group = zarr.open(store, mode="r")
         levels = []
-        for i, shape in enumerate(level_shapes):
+        for i in range(len(level_shapes)):
             arr = group[str(i)] if isinstance(group, zarr.Group) else group
             d = da.from_zarr(arr)
             if axes == "YXS":

@@ -86,7 +86,7 @@ class SegmentStage(Stage):
 
     def run(self, ctx: StageContext, *, image: Raster, mask: Raster | None = None,
             **_: Any) -> dict[str, Any]:
-        from wfe_builtin.models.loader import load_model
+        from wfe_builtin.models.loader import load_model, tta_passes
 
         p: SegmentParams = self.params  # type: ignore[assignment]
         weights = p.model_path(ctx.workflow_dir)
@@ -105,7 +105,7 @@ class SegmentStage(Stage):
         background[0] = 1.0
 
         passes = []
-        skipped = total = 0
+        skipped = total = run_windows = 0
         for scale in scales:
             level = at_mpp(image, scale, f"stage {ctx.stage_id}") if scale else image
             arr = level.levels[0]
@@ -116,8 +116,14 @@ class SegmentStage(Stage):
                                  "use a smaller window or a finer pixel size")
             keep = None
             if mask is not None:
-                keep, n_skip, n_all = _tissue_filter(mask, h, w, window, p.overlap, p.min_tissue)
-                skipped, total = skipped + n_skip, total + n_all
+                kept, n_all = tissue_windows(mask, h, w, window, p.overlap, p.min_tissue)
+                keep = _member(kept)
+                skipped, total = skipped + n_all - len(kept), total + n_all
+                run_windows += len(kept)
+            else:
+                from wfe.grid import WindowGrid
+
+                run_windows += len(WindowGrid(h, w, window, p.overlap))
             probs = sliding_window_map(
                 arr, lambda b: model.predict(b, tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
@@ -139,6 +145,8 @@ class SegmentStage(Stage):
             fused = stacked.mean(axis=0) if p.fuse == "mean" else stacked.max(axis=0)
             if p.fuse == "max":
                 fused = fused / fused.sum(axis=0, keepdims=True)
+        ctx.record("windows", run_windows)
+        ctx.record("forward_passes_per_window", tta_passes(tta))
         if total:
             ctx.record("windows_skipped_fraction", round(skipped / total, 4))
         labels = fused.argmax(axis=0)[None].astype(np.uint8)
@@ -150,9 +158,14 @@ class SegmentStage(Stage):
         return {"probabilities": probabilities, "labels": label_raster}
 
 
-def _tissue_filter(mask: Raster, h: int, w: int, window: int, overlap: int,
-                   min_tissue: float) -> tuple[Any, int, int]:
-    """``keep(y, x)`` for windows of an ``h × w`` grid, from a (small) mask raster."""
+def _member(kept: list[tuple[int, int]]) -> Any:
+    members = set(kept)
+    return lambda y, x: (y, x) in members
+
+
+def tissue_windows(mask: Raster, h: int, w: int, window: int, overlap: int,
+                   min_tissue: float) -> tuple[list[tuple[int, int]], int]:
+    """Starts of the windows of an ``h × w`` grid with enough tissue, and the grid's size."""
     from wfe.grid import WindowGrid
 
     m = np.asarray(mask.levels[0][0].compute(), dtype=np.float64) > 0  # small by construction
@@ -170,5 +183,5 @@ def _tissue_filter(mask: Raster, h: int, w: int, window: int, overlap: int,
         inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
         return inside / area if area else 0.0
 
-    kept = {(y, x) for y in grid.ys for x in grid.xs if fraction(y, x) >= min_tissue}
-    return (lambda y, x: (y, x) in kept), len(grid) - len(kept), len(grid)
+    kept = [(y, x) for y in grid.ys for x in grid.xs if fraction(y, x) >= min_tissue]
+    return kept, len(grid)
