@@ -1,6 +1,6 @@
 """Train the shipped demo model on synthetic slides (reproducible: fixed seeds).
 
-    python -m wfe_builtin.models.train_demo workflows/models/demo [--steps 700]
+    python -m wfe_builtin.models.train_demo workflows/models/demo [--steps 600]
 
 Writes ``demo.safetensors`` and its card ``demo.yaml``, with the Dice measured
 on held-out synthetic slides (seeds never used for training) by the same
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="output stem, e.g. workflows/models/demo")
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     args = ap.parse_args(argv)
