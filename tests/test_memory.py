@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from safetensors.numpy import save_file
-
-from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 

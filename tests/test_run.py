@@ -67,7 +67,8 @@ def test_many_inputs_one_bad_does_not_stop_the_others(sample_slide, tmp_path):
     not_image = tmp_path / "notes.tiff"
     not_image.write_text("these are my notes, not a slide")
     truncated = tmp_path / "truncated.tiff"
-    truncated.write_bytes(sample_slide.read_bytes()[:5000])
+    data = sample_slide.read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
     good = tmp_path / "good.tiff"
     shutil.copy(sample_slide, good)
     missing = tmp_path / "missing.tiff"
@@ -85,6 +86,8 @@ def test_many_inputs_one_bad_does_not_stop_the_others(sample_slide, tmp_path):
         assert name in error and "\n" not in error
         assert sum(name in line for line in result.stderr.splitlines()) >= 1
     assert "no such file" in records[str(missing)]["error"]
+    assert "truncated" in records[str(truncated)]["error"]
+    assert "not an image" in records[str(not_image)]["error"]
     assert (out / "good" / "labels.ome.zarr" / "zarr.json").exists()
 
 
@@ -123,3 +126,18 @@ def test_bad_workflow_exits_2(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("run", DEMO, "-i", tmp_path / "none.tiff", "-o", tmp_path / "o", "--debug")
     assert result.code == 1 and "Traceback" in result.stderr
+
+
+def test_design_example_runs_as_written(sample_slide, tmp_path):
+    """The workflow of the design document: two scales, rotation TTA, tissue mask."""
+    out = tmp_path / "out"
+    result = run_cli("run", ROOT / "workflows/slide-segmentation.yaml", "-i", sample_slide,
+                     "-o", out)
+    assert result.code == 0, result.stderr
+    entry = next(iter(json.loads((out / "run.json").read_text())["inputs"].values()))
+    assert entry["info"]["seg"]["forward_passes_per_window"] == 4
+    labels = ome_zarr_level(out / "slide" / "labels.ome.zarr")[0]
+    assert labels.shape == (2048, 2048)  # at 0.5 µm, the first scale
+    _, truth = SyntheticSlide(2048, 2048, mpp=0.5, seed=3).render(0, 0, 2048, 2048)
+    tissue_dice = dice_scores(labels > 0, truth > 0, 2)[1]
+    assert tissue_dice > 0.9, tissue_dice

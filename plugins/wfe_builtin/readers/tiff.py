@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ __all__ = ["TiffReader"]
 
 _UNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # INCH, CENTIMETER -> µm
 
+# tifffile logs damaged structures itself; wfe reports them as one error line instead.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
 
 def _mpp_from_page(page: Any) -> float | None:
     unit = int(page.resolutionunit)
@@ -22,6 +26,19 @@ def _mpp_from_page(page: Any) -> float | None:
     if unit not in _UNIT_TO_UM or not xres:
         return None
     return _UNIT_TO_UM[unit] / xres
+
+
+def _check_complete(path: Path, tif: Any) -> None:
+    """Fail early, in one line, when tile data lies past the end of the file."""
+    size = path.stat().st_size
+    for level in tif.series[0].levels:
+        for page in level.pages:
+            if page is None or not page.dataoffsets:
+                continue
+            end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True))
+            if end > size:
+                raise InputError(f"{path}: the file is truncated ({size:,} bytes; its tiles "
+                                 f"need {end:,})", "copy or download the file again")
 
 
 class TiffReader:
@@ -47,6 +64,7 @@ class TiffReader:
         import zarr
 
         with tifffile.TiffFile(path) as tif:
+            _check_complete(path, tif)
             series = tif.series[0]
             page = series.levels[0].keyframe
             axes = series.axes
