@@ -27,3 +27,11 @@ def test_every_hook_has_a_section_in_the_plugin_guide():
         section = guide.split(f"### {name}\n", 1)
         assert len(section) == 2, f"docs/plugins.md has no section for {name}"
         assert "```python" in section[1].split("### ", 1)[0], f"{name} has no example"
+
+
+def test_stage_reference_is_up_to_date():
+    from wfe.docs import stage_reference
+    from wfe.plugins import load_registry
+
+    committed = (ROOT / "docs" / "reference" / "stages.md").read_text()
+    assert stage_reference(load_registry(autoload=False)) == committed, "run `make docs`"
