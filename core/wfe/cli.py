@@ -191,7 +191,9 @@ def info(image: Annotated[Path, typer.Argument(help="An image file or folder.")]
 
 def _add_plugin_commands() -> None:
     """Sub-commands contributed through ``wfe_commands`` (imported only when called)."""
-    if len(sys.argv) > 1 and sys.argv[1] in {c.name for c in app.registered_commands}:
+    own = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands
+           if c.callback is not None}
+    if len(sys.argv) > 1 and sys.argv[1] in own:
         return
     try:
         registry = _registry()

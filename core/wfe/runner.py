@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,11 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     work = [w for sink in ctx.sinks for w in sink.work]
     t = time.perf_counter()
     try:
-        with dask.config.set(scheduler="threads", num_workers=workers):
-            if callbacks:
-                with callbacks[0]:
-                    dask.compute(*work)
-            else:
-                dask.compute(*work)
+        with ExitStack() as stack:
+            stack.enter_context(dask.config.set(scheduler="threads", num_workers=workers))
+            for callback in callbacks:
+                stack.enter_context(callback)
+            dask.compute(*work)
     except BaseException:
         for sink in ctx.sinks:
             sink.abort()
