@@ -141,3 +141,23 @@ def test_design_example_runs_as_written(sample_slide, tmp_path):
     _, truth = SyntheticSlide(2048, 2048, mpp=0.5, seed=3).render(0, 0, 2048, 2048)
     tissue_dice = dice_scores(labels > 0, truth > 0, 2)[1]
     assert tissue_dice > 0.9, tissue_dice
+
+
+def test_each_window_runs_once_for_all_outputs(sample_slide, tmp_path, registry, monkeypatch):
+    """Labels and overlay share one segmentation: no window is predicted twice."""
+    from wfe.runner import run_input
+    from wfe.workflow import load_workflow
+    from wfe_builtin.models import loader
+
+    seen = []
+    original = loader.LoadedModel.predict
+
+    def counting(self, batch, tta=()):
+        seen.append(len(batch))
+        return original(self, batch, tta)
+
+    monkeypatch.setattr(loader.LoadedModel, "predict", counting)
+    workflow = load_workflow(DEMO, registry)
+    summary = run_input(workflow, sample_slide, tmp_path / "slide", registry, device="cpu")
+    assert len(summary["outputs"]) == 2
+    assert sum(seen) == summary["info"]["seg"]["windows"] > 0

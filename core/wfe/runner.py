@@ -55,7 +55,10 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
             stack.enter_context(dask.config.set(scheduler="threads", num_workers=workers))
             for callback in callbacks:
                 stack.enter_context(callback)
-            dask.compute(*work)
+            # One graph, unoptimised: optimising arrays and delayed values separately
+            # renames shared keys, and shared work (the segmentation under both the
+            # labels and the overlay) would then run twice.
+            dask.compute(*work, optimize_graph=False)
     except BaseException:
         for sink in ctx.sinks:
             sink.abort()

@@ -24,8 +24,13 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 
 def _strided(arr: Any, max_size: int) -> Any:
+    """Every n-th pixel, so the longer side is at most ``max_size``, as one Delayed block.
+
+    ``to_delayed(optimize_graph=False)`` keeps the upstream keys as they are, so
+    the pixels are shared with the other sinks of the run, not computed again.
+    """
     step = max(1, int(np.ceil(max(arr.shape[1:]) / max_size)))
-    return arr[:, ::step, ::step]
+    return arr[:, ::step, ::step].rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
 def _compose(labels: np.ndarray, image: np.ndarray | None, classes: list[str],
