@@ -1,10 +1,11 @@
 """Train the shipped demo model on synthetic slides (reproducible: fixed seeds).
 
     python -m wfe_builtin.models.train_demo workflows/models/demo [--steps 600]
+    python -m wfe_builtin.models.train_demo workflows/models/demo --evaluate
 
 Writes ``demo.safetensors`` and its card ``demo.yaml``, with the Dice measured
-on held-out synthetic slides (seeds never used for training) by the same
-sliding-window stitching the ``segment`` stage uses.
+on held-out synthetic slides (seeds never used for training), loading the saved
+file as the ``segment`` stage does and stitching with the engine's own code.
 """
 
 from __future__ import annotations
@@ -107,7 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--evaluate", action="store_true",
+                    help="only measure an existing model on the held-out slides")
     args = ap.parse_args(argv)
+    if args.evaluate:
+        evaluate(args.out)
+        return
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -139,48 +145,64 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - t0:.0f} s", flush=True)
     train_seconds = time.time() - t0
 
-    net.eval()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Float weights are stored as float16 (half the size; loading casts them back).
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in net.state_dict().items()}
+    save_file(state, str(args.out.with_suffix(".safetensors")))
+    card_data = dict(CARD, training={
+        "script": "python -m wfe_builtin.models.train_demo " + str(args.out),
+        "data": f"synthetic slides, seeds {TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1}, "
+                f"{PATCH} px patches at {MPP} µm, JPEG q75-95, rot90/flip, colour jitter",
+        "steps": args.steps, "batch": args.batch, "optimizer": "AdamW one-cycle",
+        "lr": args.lr, "seconds": round(train_seconds), "weights_dtype": "float16",
+        "torch": str(torch.__version__), "smp": str(smp.__version__),
+    })
+    _write_card(args.out.with_suffix(".yaml"), card_data)
+    size = args.out.with_suffix(".safetensors").stat().st_size
+    print(f"wrote {args.out}.safetensors ({size / 1e6:.1f} MB) and {args.out}.yaml "
+          f"in {math.ceil(train_seconds)} s")
+    evaluate(args.out)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = (torch.from_numpy(batch).float() / 255 - mean) / std
-            return net(x).softmax(1).numpy()
 
+def _write_card(path: Path, data: dict[str, Any]) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.default_flow_style = None
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.dump(data, fh)
+
+
+def evaluate(stem: Path) -> dict[str, Any]:
+    """Dice of the saved model on held-out slides, loaded the way ``segment`` loads it;
+    the figures are written into the card's ``metrics``."""
+    from ruamel.yaml import YAML
+
+    from wfe.plugins import load_registry
+    from wfe_builtin.models.loader import load_model
+
+    weights = stem.with_suffix(".safetensors")
+    model = load_model(weights, "cpu", "fp32", load_registry(autoload=False))
+    classes = len(model.card.classes)
     per_slide = []
     for seed in HELDOUT_SEEDS:
         slide = SyntheticSlide(4096, 4096, mpp=SLIDE_MPP, seed=seed)
         d = MPP / SLIDE_MPP
         rgb, truth = slide.render(0, 0, int(slide.width / d), int(slide.height / d), d)
-        rgb = _jpeg(rgb)
-        pred = segment_array(predict, np.ascontiguousarray(rgb.transpose(2, 0, 1)),
-                             len(card.classes), card.window)
-        per_slide.append(dice_scores(pred, truth, len(card.classes)))
+        rgb = np.ascontiguousarray(_jpeg(rgb).transpose(2, 0, 1))
+        pred = segment_array(model.predict, rgb, classes, model.card.window)
+        per_slide.append(dice_scores(pred, truth, classes))
     dice = np.mean(per_slide, axis=0)
     metrics = {"dice_" + name: round(float(v), 4) for name, v in zip(CLASSES, dice, strict=True)}
     metrics["dice_foreground_mean"] = round(float(dice[1:].mean()), 4)
     metrics["heldout"] = f"synthetic slides, seeds {list(HELDOUT_SEEDS)}, 2048 × 2048 px at 1 µm"
     print(json.dumps(metrics, indent=2))
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(args.out.with_suffix(".safetensors")))
-    from ruamel.yaml import YAML
-
-    card_data = dict(CARD, metrics=metrics, training={
-        "script": "python -m wfe_builtin.models.train_demo " + str(args.out),
-        "data": f"synthetic slides, seeds {TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1}, "
-                f"{PATCH} px patches at {MPP} µm, JPEG q75-95, rot90/flip, colour jitter",
-        "steps": args.steps, "batch": args.batch, "optimizer": "AdamW one-cycle",
-        "lr": args.lr, "seconds": round(train_seconds), "torch": str(torch.__version__),
-        "smp": str(smp.__version__),
-    })
-    yaml = YAML()
-    yaml.default_flow_style = None
-    with open(args.out.with_suffix(".yaml"), "w", encoding="utf-8") as fh:
-        yaml.dump(card_data, fh)
-    size = args.out.with_suffix(".safetensors").stat().st_size
-    print(f"wrote {args.out}.safetensors ({size / 1e6:.1f} MB) and {args.out}.yaml "
-          f"in {math.ceil(train_seconds)} s")
+    card_path = stem.with_suffix(".yaml")
+    data = YAML(typ="safe", pure=True).load(card_path.read_text(encoding="utf-8"))
+    data["metrics"] = metrics
+    _write_card(card_path, data)
+    return metrics
 
 
 if __name__ == "__main__":
