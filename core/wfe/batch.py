@@ -18,6 +18,7 @@ from wfe.errors import WfeError
 from wfe.plugins import Registry
 from wfe.progress import DaskProgress, make_progress
 from wfe.runner import run_input
+from wfe.stage import InputFields
 from wfe.workflow import Workflow
 
 __all__ = ["BatchResult", "expand_inputs", "output_root", "run_batch"]
@@ -64,11 +65,9 @@ def output_root(template: str) -> Path:
 
 
 def _input_output(template: str, path: Path) -> Path:
-    from wfe.stage import _InputFields
-
     if "{" not in template:
         template = os.path.join(template, "{input.stem}")
-    return Path(template.format(input=_InputFields(path)))
+    return Path(template.format(input=InputFields(path)))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

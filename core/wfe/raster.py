@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -129,11 +128,3 @@ class Raster:
         return (f"Raster({c}×{h}×{w} {self.dtype}, {len(self.levels)} levels, {geo}, "
                 f"channels={list(self.channels)})")
 
-
-def pyramid_shapes(height: int, width: int, min_size: int = 256) -> list[tuple[int, int]]:
-    """Shapes of a factor-2 pyramid down to ``min_size`` on the longer side."""
-    shapes = [(height, width)]
-    while max(shapes[-1]) > min_size:
-        h, w = shapes[-1]
-        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
-    return shapes

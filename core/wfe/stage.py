@@ -15,7 +15,7 @@ from wfe.plugins import Registry
 from wfe.raster import Raster
 from wfe.sink import Sink
 
-__all__ = ["Ref", "Stage", "StageContext", "StageParams", "ref_fields"]
+__all__ = ["InputFields", "Ref", "Stage", "StageContext", "StageParams", "ref_fields"]
 
 
 class _RefMarker:
@@ -98,7 +98,7 @@ class StageContext:
 
     def format_path(self, template: str) -> Path:
         """Fill ``{output}``, ``{input.stem}``, ``{input.name}`` in an output path."""
-        values = {"output": str(self.output), "input": _InputFields(self.input)}
+        values = {"output": str(self.output), "input": InputFields(self.input)}
         try:
             text = template.format(**values)
         except (KeyError, AttributeError) as exc:
@@ -123,7 +123,9 @@ class StageContext:
         self.info.setdefault(self.stage_id, {})[key] = value
 
 
-class _InputFields:
+class InputFields:
+    """What ``{input.stem}``, ``{input.name}`` and ``{input}`` stand for in a path template."""
+
     def __init__(self, path: Path) -> None:
         self.stem = path.name.split(".")[0] if path.name else path.stem
         self.name = path.name

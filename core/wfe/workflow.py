@@ -235,8 +235,14 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
                 if stage_id in nodes:
                     nodes[stage_id].refs[fname] = (target, output or outs[0])
     order: list[str] = []
+    position = {s.id: i for i, s in enumerate(wf.stages)}
     try:
-        order = list(graphlib.TopologicalSorter(graph).static_order())
+        sorter = graphlib.TopologicalSorter(graph)
+        sorter.prepare()
+        while sorter.is_active():  # file order among stages that are ready together
+            ready = sorted(sorter.get_ready(), key=lambda i: position.get(i, 0))
+            order.extend(ready)
+            sorter.done(*ready)
     except graphlib.CycleError as exc:
         cycle = " -> ".join(exc.args[1])
         first = exc.args[1][0]

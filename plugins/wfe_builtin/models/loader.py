@@ -12,6 +12,7 @@ import numpy as np
 
 from wfe.errors import InputError, WfeError
 from wfe.plugins import Registry
+from wfe.specs import load_target
 from wfe_builtin.models.card import ModelCard, load_card
 
 __all__ = ["LoadedModel", "load_model", "resolve_device", "tta_passes"]
@@ -104,16 +105,11 @@ def _tta_views(tta: tuple[str, ...]) -> list[tuple[Any, Any]]:
 
 @lru_cache(maxsize=8)
 def _load(weights: Path, mtime: float, device: str, precision: str,
-          registry_id: int) -> LoadedModel:
+          builder_target: str) -> LoadedModel:
     from safetensors.torch import load_file
 
-    registry = _REGISTRIES[registry_id]
     card = load_card(weights)
-    if not weights.exists():
-        raise InputError(f"{weights}: model weights not found",
-                         "check the model path (the .safetensors beside its card)")
-    builder = registry.architecture(card.architecture).load()
-    net = builder(card)
+    net = load_target(builder_target)(card)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - corrupt or not safetensors
@@ -131,11 +127,11 @@ def _load(weights: Path, mtime: float, device: str, precision: str,
     return LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock())
 
 
-_REGISTRIES: dict[int, Registry] = {}
-
-
 def load_model(weights: Path, device: str, precision: str, registry: Registry) -> LoadedModel:
     """The model at ``weights``, built once per process (and reloaded if the file changes)."""
-    _REGISTRIES[id(registry)] = registry
-    mtime = weights.stat().st_mtime if weights.exists() else 0.0
-    return _load(weights, mtime, resolve_device(device), precision, id(registry))
+    if not weights.exists():
+        raise InputError(f"{weights}: model weights not found",
+                         "check the model path (the .safetensors beside its card)")
+    card = load_card(weights)
+    builder = registry.architecture(card.architecture).target
+    return _load(weights, weights.stat().st_mtime, resolve_device(device), precision, builder)

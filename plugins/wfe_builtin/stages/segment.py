@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from wfe.errors import InputError
-from wfe.grid import BLEND_MODES
+from wfe.grid import BLEND_MODES, WindowGrid
 from wfe.raster import Raster
 from wfe.resample import integer_factor, upsample_linear
 from wfe.stage import Ref, Stage, StageContext, StageParams
@@ -121,8 +121,6 @@ class SegmentStage(Stage):
                 skipped, total = skipped + n_all - len(kept), total + n_all
                 run_windows += len(kept)
             else:
-                from wfe.grid import WindowGrid
-
                 run_windows += len(WindowGrid(h, w, window, p.overlap))
             probs = sliding_window_map(
                 arr, lambda b: model.predict(b, tta), out_channels=k, window=window,
@@ -166,8 +164,6 @@ def _member(kept: list[tuple[int, int]]) -> Any:
 def tissue_windows(mask: Raster, h: int, w: int, window: int, overlap: int,
                    min_tissue: float) -> tuple[list[tuple[int, int]], int]:
     """Starts of the windows of an ``h × w`` grid with enough tissue, and the grid's size."""
-    from wfe.grid import WindowGrid
-
     m = np.asarray(mask.levels[0][0].compute(), dtype=np.float64) > 0  # small by construction
     mh, mw = m.shape
     integral = np.zeros((mh + 1, mw + 1))
