@@ -204,30 +204,8 @@ def _add_plugin_commands() -> None:
         app.command(name=name, help=contribution.spec.summary or None)(func)
 
 
-def _tune_allocator() -> None:
-    """Return freed chunk buffers to the OS (glibc only).
-
-    glibc raises its mmap threshold dynamically, after which the many short-lived
-    multi-megabyte arrays of a long run come from the heap and fragment it: RSS
-    then grows with the number of chunks, not with what is alive. A fixed
-    threshold keeps large buffers in mmap, released on free.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 16)
-        libc.mallopt(m_trim_threshold, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
 def main() -> None:
     """Console-script entry point."""
-    _tune_allocator()
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     try:
         _add_plugin_commands()
