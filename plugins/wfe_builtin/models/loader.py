@@ -124,7 +124,11 @@ def _load(weights: Path, mtime: float, device: str, precision: str,
                          f"({card.architecture}/{card.encoder}): {detail}",
                          "use the card the weights were saved with") from None
     net.eval().to(device)
-    return LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock())
+    model = LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock())
+    # One small forward pass now: kernel selection and lazy initialisation happen
+    # here, once per process, instead of inside the first batch of the first input.
+    model.predict(np.zeros((1, card.in_channels, 64, 64), np.uint8))
+    return model
 
 
 def load_model(weights: Path, device: str, precision: str, registry: Registry) -> LoadedModel:

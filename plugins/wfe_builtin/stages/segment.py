@@ -147,13 +147,19 @@ class SegmentStage(Stage):
         ctx.record("forward_passes_per_window", tta_passes(tta))
         if total:
             ctx.record("windows_skipped_fraction", round(skipped / total, 4))
-        labels = fused.argmax(axis=0)[None].astype(np.uint8)
+        # The class axis is one chunk, so each block's argmax is local (no tree reduction).
+        fused = fused.rechunk({0: -1})
+        labels = fused.map_blocks(_argmax, dtype=np.uint8, chunks=((1,), *fused.chunks[1:]))
         colors = card.colors
         probabilities = base_level.derived([fused.astype(np.float32)], card.classes,
                                            classes=list(card.classes), colors=colors)
         label_raster = base_level.derived([labels], ("labels",), classes=list(card.classes),
                                           colors=colors)
         return {"probabilities": probabilities, "labels": label_raster}
+
+
+def _argmax(block: np.ndarray) -> np.ndarray:
+    return block.argmax(axis=0)[None].astype(np.uint8)
 
 
 def _member(kept: list[tuple[int, int]]) -> Any:
