@@ -51,6 +51,8 @@ class OpenSlideReader:
 
     def open(self, path: Path, mpp: float | None = None, tile: int = 512,
              **opts: Any) -> Raster:
+        """Open lazily: one dask chunk per native tile (``tile`` px where the format
+        reports no tile size)."""
         import openslide
 
         slide = _slide(str(path))
@@ -62,7 +64,7 @@ class OpenSlideReader:
                                                  slide.level_downsamples, strict=True)):
             tw = int(props.get(f"openslide.level[{level}].tile-width", tile))
             th = int(props.get(f"openslide.level[{level}].tile-height", tile))
-            chunks = (3, max(th, tile // th * th or th), max(tw, tile // tw * tw or tw))
+            chunks = (3, th, tw)
             template = da.empty((3, h, w), chunks=chunks, dtype=np.uint8)
             levels.append(template.map_blocks(_read_tile, str(path), level, ds, dtype=np.uint8))
         pixel_size = [base * ds for ds in slide.level_downsamples] if base else None
