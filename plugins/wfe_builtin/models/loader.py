@@ -51,6 +51,7 @@ class LoadedModel:
     device: str
     autocast: Any
     lock: threading.Lock
+    channels_last: bool = False
 
     def predict(self, batch: np.ndarray, tta: tuple[str, ...] = ()) -> np.ndarray:
         """Class probabilities ``(n, k, h, w)`` float32 for raw pixels ``(n, c, h, w)``.
@@ -67,6 +68,8 @@ class LoadedModel:
         views = _tta_views(tta)
         with self.lock, torch.inference_mode():
             x = x.to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             total = None
             for forward, back in views:
                 with torch.autocast(device_type=self.device.split(":")[0],
@@ -104,8 +107,9 @@ def _tta_views(tta: tuple[str, ...]) -> list[tuple[Any, Any]]:
 
 
 @lru_cache(maxsize=8)
-def _load(weights: Path, mtime: float, device: str, precision: str,
-          builder_target: str) -> LoadedModel:
+def _load(weights: Path, mtime: float, device: str, precision: str, builder_target: str,
+          channels_last: bool, compile: bool) -> LoadedModel:
+    import torch
     from safetensors.torch import load_file
 
     card = load_card(weights)
@@ -124,18 +128,25 @@ def _load(weights: Path, mtime: float, device: str, precision: str,
                          f"({card.architecture}/{card.encoder}): {detail}",
                          "use the card the weights were saved with") from None
     net.eval().to(device)
-    model = LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock())
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile:
+        net = torch.compile(net)
+    model = LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock(),
+                        channels_last)
     # One small forward pass now: kernel selection and lazy initialisation happen
     # here, once per process, instead of inside the first batch of the first input.
     model.predict(np.zeros((1, card.in_channels, 64, 64), np.uint8))
     return model
 
 
-def load_model(weights: Path, device: str, precision: str, registry: Registry) -> LoadedModel:
+def load_model(weights: Path, device: str, precision: str, registry: Registry, *,
+               channels_last: bool = False, compile: bool = False) -> LoadedModel:
     """The model at ``weights``, built once per process (and reloaded if the file changes)."""
     if not weights.exists():
         raise InputError(f"{weights}: model weights not found",
                          "check the model path (the .safetensors beside its card)")
     card = load_card(weights)
     builder = registry.architecture(card.architecture).target
-    return _load(weights, weights.stat().st_mtime, resolve_device(device), precision, builder)
+    return _load(weights, weights.stat().st_mtime, resolve_device(device), precision, builder,
+                 channels_last, compile)

@@ -9,6 +9,7 @@ of the first. This module imports torch only when the stage runs.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,8 @@ __all__ = ["SegmentStage"]
 
 class SegmentParams(StageParams):
     image: Ref = Field(description="The image to segment.")
-    model: str = Field(description="Path of the .safetensors weights (card beside it).")
+    model: str | list[str] = Field(
+        description="Path of the .safetensors weights (card beside it), or one per scale.")
     mask: Ref | None = Field(None, description="Tissue mask: windows without tissue are skipped.")
     min_tissue: float = Field(0.01, ge=0, le=1,
                               description="Skip windows with less masked area than this.")
@@ -38,6 +40,8 @@ class SegmentParams(StageParams):
                                        description="Pixel size (µm) of each pass; fused at the "
                                                    "first. Default: the model's mpp.")
     fuse: Literal["mean", "max"] = Field("mean", description="How scales are combined.")
+    fuse_weights: list[float] | None = Field(None, description="Weight of each scale in the "
+                                                               "mean (normalised).")
     window: int | None = Field(None, gt=0, description="Window size; default: the model's.")
     overlap: int = Field(64, ge=0, description="Overlap of neighbouring windows (pixels).")
     blend: Literal["gaussian", "cosine", "constant", "crop"] = Field(
@@ -48,12 +52,19 @@ class SegmentParams(StageParams):
     tta: list[Literal["rot90", "flip"]] = Field(
         default_factory=list, description="Test-time augmentation: rot90 (0/90/180/270), flip.")
     batch_size: int = Field(8, gt=0, description="Windows per model call.")
+    channels_last: bool = Field(False, description="Channels-last memory format (measure: it "
+                                                   "helps some encoders, slows others).")
+    compile: bool = Field(False, description="torch.compile the network (slow first batch).")
+    probabilities_dtype: Literal["float32", "float16", "uint8"] = Field(
+        "float32", description="Stored probabilities: float32, float16, or uint8 (× 255).")
     chunk: int = Field(2048, gt=0, description="Output chunk size (the result does not depend "
                                                "on it).")
 
-    def model_path(self, base: Path) -> Path:
-        p = Path(self.model).expanduser()
-        return p if p.is_absolute() else base / p
+    def model_paths(self, base: Path) -> list[Path]:
+        """The weights of each scale (one model for all when a single path is given)."""
+        names = [self.model] if isinstance(self.model, str) else self.model
+        paths = [Path(n).expanduser() for n in names]
+        return [p if p.is_absolute() else base / p for p in paths]
 
 
 class SegmentStage(Stage):
@@ -65,23 +76,33 @@ class SegmentStage(Stage):
 
     @staticmethod
     def check(params: SegmentParams, base: Path) -> list[str]:
-        """Problems visible before any pixel is read: the model files and card."""
-        weights = params.model_path(base)
+        """Problems visible before any pixel is read: the model files, cards and lists."""
         problems = []
-        if not weights.exists():
-            problems.append(f"model: {weights} not found")
-        if not card_path(weights).exists():
-            problems.append(f"model: card {card_path(weights)} not found (it goes beside the "
-                            "weights, same name, .yaml)")
-        else:
+        cards = []
+        for weights in params.model_paths(base):
+            if not weights.exists():
+                problems.append(f"model: {weights} not found")
+            if not card_path(weights).exists():
+                problems.append(f"model: card {card_path(weights)} not found (it goes beside "
+                                "the weights, same name, .yaml)")
+                continue
             try:
-                card = load_card(weights)
+                cards.append(load_card(weights))
             except InputError as exc:
                 problems.append(f"model: {exc.line()}")
-            else:
-                window = params.window or card.window
-                if params.overlap >= window:
-                    problems.append(f"overlap {params.overlap} must be smaller than window {window}")
+        n_scales = len(params.scales or [None])
+        if isinstance(params.model, list) and len(params.model) != n_scales:
+            problems.append(f"model: {len(params.model)} models for {n_scales} scales; give one "
+                            "model, or one per scale")
+        if params.fuse_weights is not None and len(params.fuse_weights) != n_scales:
+            problems.append(f"fuse_weights: {len(params.fuse_weights)} weights for {n_scales} "
+                            "scales")
+        if len({tuple(c.classes) for c in cards}) > 1:
+            problems.append("model: the models of the scales have different classes")
+        for card in cards:
+            window = params.window or card.window
+            if params.overlap >= window:
+                problems.append(f"overlap {params.overlap} must be smaller than window {window}")
         return problems
 
     def run(self, ctx: StageContext, *, image: Raster, mask: Raster | None = None,
@@ -89,16 +110,22 @@ class SegmentStage(Stage):
         from wfe_builtin.models.loader import load_model, tta_passes
 
         p: SegmentParams = self.params  # type: ignore[assignment]
-        weights = p.model_path(ctx.workflow_dir)
-        card = load_card(weights)
+        paths = p.model_paths(ctx.workflow_dir)
+        card = load_card(paths[0])
         source = image.attrs.get("source", "image")
-        if image.shape[0] != card.in_channels:
-            raise InputError(f"{source}: the image has {image.shape[0]} channels but model "
-                             f"{card.name!r} expects {card.in_channels}",
-                             "use a model trained on this kind of image, or select its bands")
-        model = load_model(weights, ctx.device, p.precision, ctx.registry)
-        window = p.window or card.window
         scales = p.scales or ([card.mpp] if card.mpp and image.pixel_size else [None])
+        if len(paths) == 1:
+            paths = paths * len(scales)
+        models = []
+        for weights in paths:
+            c = load_card(weights)
+            if image.shape[0] != c.in_channels:
+                raise InputError(f"{source}: the image has {image.shape[0]} channels but model "
+                                 f"{c.name!r} expects {c.in_channels}",
+                                 "use a model trained on this kind of image, or select its bands")
+            models.append(load_model(weights, ctx.device, p.precision, ctx.registry,
+                                     channels_last=p.channels_last, compile=p.compile))
+        window = p.window or card.window
         tta = tuple(p.tta)
         k = len(card.classes)
         background = np.zeros(k, np.float32)
@@ -106,7 +133,7 @@ class SegmentStage(Stage):
 
         passes = []
         skipped = total = run_windows = 0
-        for scale in scales:
+        for scale, model in zip(scales, models, strict=True):
             level = at_mpp(image, scale, f"stage {ctx.stage_id}") if scale else image
             arr = level.levels[0]
             h, w = arr.shape[1:]
@@ -123,7 +150,7 @@ class SegmentStage(Stage):
             else:
                 run_windows += len(WindowGrid(h, w, window, p.overlap))
             probs = sliding_window_map(
-                arr, lambda b: model.predict(b, tta), out_channels=k, window=window,
+                arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
                 batch_size=p.batch_size, keep=keep, background=background)
             passes.append((level, probs))
@@ -139,10 +166,13 @@ class SegmentStage(Stage):
                                      f"multiple of the first scale {base_level.mpp}",
                                      "list scales that are integer multiples of the first")
                 ups.append(upsample_linear(probs, factor, shape).rechunk(fused.chunks))
-            stacked = da.stack(ups)
-            fused = stacked.mean(axis=0) if p.fuse == "mean" else stacked.max(axis=0)
             if p.fuse == "max":
+                fused = da.stack(ups).max(axis=0)
                 fused = fused / fused.sum(axis=0, keepdims=True)
+            else:
+                weights = np.asarray(p.fuse_weights or [1.0] * len(ups), np.float32)
+                weights = weights / weights.sum()
+                fused = sum(u * wt for u, wt in zip(ups, weights, strict=True))
         ctx.record("windows", run_windows)
         ctx.record("forward_passes_per_window", tta_passes(tta))
         if total:
@@ -151,11 +181,19 @@ class SegmentStage(Stage):
         fused = fused.rechunk({0: -1})
         labels = fused.map_blocks(_argmax, dtype=np.uint8, chunks=((1,), *fused.chunks[1:]))
         colors = card.colors
-        probabilities = base_level.derived([fused.astype(np.float32)], card.classes,
-                                           classes=list(card.classes), colors=colors)
+        probabilities = base_level.derived([_store_dtype(fused, p.probabilities_dtype)],
+                                           card.classes, classes=list(card.classes),
+                                           colors=colors, probability_scale=(
+                                               255 if p.probabilities_dtype == "uint8" else 1))
         label_raster = base_level.derived([labels], ("labels",), classes=list(card.classes),
                                           colors=colors)
         return {"probabilities": probabilities, "labels": label_raster}
+
+
+def _store_dtype(probs: da.Array, dtype: str) -> da.Array:
+    if dtype == "uint8":
+        return da.round(probs * 255).astype(np.uint8)
+    return probs.astype(dtype)
 
 
 def _argmax(block: np.ndarray) -> np.ndarray:

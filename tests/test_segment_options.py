@@ -1,0 +1,182 @@
+"""Segment options: TTA flips, multi-band models, per-scale models, fusion, output dtypes,
+and the models that must fail clearly (NaN, CUDA absent)."""
+
+from __future__ import annotations
+
+import types
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import MODEL
+from wfe import ArchitectureSpec, Raster, hookimpl
+from wfe.errors import WfeError
+from wfe.plugins import load_registry
+from wfe.stage import StageContext
+from wfe.workflow import load_workflow
+from wfe_builtin.models.loader import resolve_device
+from wfe_builtin.stages.read import at_mpp
+from wfe_builtin.stages.segment import SegmentParams, SegmentStage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def image(sample_slide, registry):
+    from wfe.io import open_image
+
+    return at_mpp(open_image(sample_slide, registry), 1.0, "t")  # 1024 × 1024 at 1 µm
+
+
+def _run(tmp_path, registry, image, workflow_dir=MODEL.parent, **params):
+    ctx = StageContext(input=tmp_path, output=tmp_path, workflow_dir=workflow_dir,
+                       registry=registry, device="cpu", stage_id="seg")
+    params.setdefault("model", MODEL.name)
+    params.setdefault("window", 256)
+    return SegmentStage(SegmentParams(image="image", **params)).run(ctx, image=image)
+
+
+def test_flip_tta_averages_the_flips(image, demo_model):
+    window = image.levels[0][:, :256, :256].compute()[None]
+    flipped = demo_model.predict(window, ("flip",))
+    manual = np.mean([demo_model.predict(window),
+                      demo_model.predict(window[:, :, ::-1].copy())[:, :, ::-1],
+                      demo_model.predict(window[:, :, :, ::-1].copy())[:, :, :, ::-1]], axis=0)
+    np.testing.assert_allclose(flipped, manual, atol=1e-5)
+
+
+def test_probability_dtypes(tmp_path, registry, image):
+    crop = Raster(levels=[image.levels[0][:, :300, :400]], pixel_size=[1.0],
+                  channels=image.channels)
+    ref = _run(tmp_path, registry, crop)["probabilities"].data.compute()
+    half = _run(tmp_path, registry, crop, probabilities_dtype="float16")["probabilities"]
+    small = _run(tmp_path, registry, crop, probabilities_dtype="uint8")["probabilities"]
+    assert half.dtype == np.float16 and small.dtype == np.uint8
+    assert np.abs(half.data.compute().astype(np.float32) - ref).max() <= 1e-3
+    assert np.abs(small.data.compute() / 255.0 - ref).max() <= 0.5 / 255 + 1e-6
+    assert small.attrs["probability_scale"] == 255
+
+
+def test_fusion_weights_and_per_scale_models(tmp_path, registry, image):
+    one = _run(tmp_path, registry, image, scales=[1.0])["probabilities"].data
+    weighted = _run(tmp_path, registry, image, scales=[1.0, 2.0],
+                    fuse_weights=[1.0, 0.0])["probabilities"].data
+    assert np.abs(one[:, 100:400, 100:400].compute()
+                  - weighted[:, 100:400, 100:400].compute()).max() <= 1e-5
+    mean = _run(tmp_path, registry, image, scales=[1.0, 2.0])["probabilities"].data
+    per_scale = _run(tmp_path, registry, image, scales=[1.0, 2.0],
+                     model=[MODEL.name, MODEL.name])["probabilities"].data
+    assert np.abs(mean[:, :300, :300].compute() - per_scale[:, :300, :300].compute()).max() <= 1e-6
+    assert np.abs(mean[:, :300, :300].compute() - one[:, :300, :300].compute()).max() > 1e-3
+
+
+def test_per_scale_lists_are_checked(tmp_path, registry):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""
+wfe: 1
+stages:
+  - {{id: image, uses: read, with: {{mpp: 1.0}}}}
+  - id: seg
+    uses: segment
+    with: {{image: image, model: [{MODEL}, {MODEL}, {MODEL}], scales: [1, 2],
+           fuse_weights: [1]}}
+""")
+    with pytest.raises(WfeError) as err:
+        load_workflow(wf, registry)
+    text = str(err.value)
+    assert "3 models for 2 scales" in text and "fuse_weights: 1 weights for 2 scales" in text
+
+
+def test_channels_last_gives_the_same_result(tmp_path, registry, image):
+    crop = Raster(levels=[image.levels[0][:, :300, :400]], pixel_size=[1.0],
+                  channels=image.channels)
+    a = _run(tmp_path, registry, crop)["probabilities"].data.compute()
+    b = _run(tmp_path, registry, crop, channels_last=True)["probabilities"].data.compute()
+    assert np.abs(a - b).max() <= 1e-4
+
+
+def _plugin(name: str, build) -> types.ModuleType:
+    mod = types.ModuleType(f"arch_{name}")
+    mod.build = build
+
+    @hookimpl
+    def wfe_architectures():
+        return [ArchitectureSpec(name, f"{__name__}:{build.__name__}")]
+
+    mod.wfe_architectures = wfe_architectures
+    return mod
+
+
+class _NaNNet(torch.nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, classes, 1)
+
+    def forward(self, x):
+        return self.conv(x) * float("nan")
+
+
+def build_nan(card):
+    return _NaNNet(len(card.classes))
+
+
+def _card(path, architecture, encoder, channels, classes=("bg", "fg"), params=""):
+    mean = ", ".join(["0.5"] * channels)
+    std = ", ".join([str(0.1 * (i + 1)) for i in range(channels)])
+    path.with_suffix(".yaml").write_text(
+        f"name: {path.stem}\narchitecture: {architecture}\nencoder: {encoder}\n"
+        f"in_channels: {channels}\nclasses: [{', '.join(classes)}]\n"
+        f"normalize: {{scale: 255, mean: [{mean}], std: [{std}]}}\nmpp: 1.0\nwindow: 128\n"
+        f"{params}")
+
+
+def test_a_model_producing_nan_is_one_clear_error(tmp_path, image):
+    registry = load_registry(autoload=False, extra_plugins=[("nan-arch", _plugin("NaNNet",
+                                                                                  build_nan))])
+    weights = tmp_path / "nan.safetensors"
+    save_file(_NaNNet(2).state_dict(), str(weights))
+    _card(weights, "NaNNet", "none", 3)
+    crop = Raster(levels=[image.levels[0][:, :200, :200]], pixel_size=[1.0], channels=image.channels)
+    with pytest.raises(WfeError, match="model 'nan' produced NaN"):  # caught at load, or later
+        out = _run(tmp_path, registry, crop, workflow_dir=tmp_path, model="nan.safetensors",
+                   window=128)
+        out["labels"].data.compute()
+
+
+def test_multiband_fpn_normalises_each_band(tmp_path, registry):
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    net = smp.create_model("FPN", encoder_name="resnet18", encoder_weights=None, in_channels=4,
+                           classes=3)
+    weights = tmp_path / "fpn4.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    _card(weights, "FPN", "resnet18", 4, classes=("water", "land", "cloud"))
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (4, 12, 12)).astype(np.uint8)
+    pixels = np.kron(base, np.ones((1, 16, 16), np.uint8))[:, :181, :167]
+    scene = Raster(levels=[da.from_array(pixels, chunks=(4, 64, 64))], pixel_size=[1.0],
+                   channels=("B2", "B3", "B4", "B8"))
+    out = _run(tmp_path, registry, scene, workflow_dir=tmp_path, model=weights.name, window=128,
+               overlap=32)
+    probs = out["probabilities"].data.compute()
+    assert probs.shape == (3, 181, 167) and out["probabilities"].channels == ("water", "land",
+                                                                             "cloud")
+    window = pixels[:, :128, :128][None].astype(np.float32)
+    mean = np.full((1, 4, 1, 1), 0.5, np.float32)
+    std = np.array([0.1, 0.2, 0.3, 0.4], np.float32).reshape(1, 4, 1, 1)
+    net.eval()
+    with torch.inference_mode():
+        direct = net(torch.from_numpy((window / 255 - mean) / std)).softmax(1).numpy()[0]
+    # The top-left corner (before the next windows start at 39 and 53) is that window's alone.
+    np.testing.assert_allclose(probs[:, :39, :39], direct[:, :39, :39], atol=1e-4)
+
+
+def test_cuda_asked_for_but_absent(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(WfeError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") in ("cpu", "mps")
