@@ -180,3 +180,35 @@ def test_cuda_asked_for_but_absent(monkeypatch):
     with pytest.raises(WfeError, match="no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto") in ("cpu", "mps")
+
+
+ARCHITECTURES = [("Unet", "resnet18", ""), ("UnetPlusPlus", "resnet18", ""), ("FPN", "resnet18", ""),
+                 ("Linknet", "resnet18", ""), ("PSPNet", "resnet18", ""), ("PAN", "resnet18", ""),
+                 ("MAnet", "resnet18", ""), ("DeepLabV3", "resnet18", ""),
+                 ("DeepLabV3Plus", "resnet18", ""), ("UPerNet", "resnet18", ""),
+                 ("Segformer", "resnet18", ""),
+                 ("DPT", "tu-test_vit", "params: {dynamic_img_size: true}\n")]
+
+
+@pytest.mark.parametrize("architecture,encoder,params", ARCHITECTURES,
+                         ids=[a for a, _, _ in ARCHITECTURES])
+def test_every_smp_architecture_runs_from_a_card(tmp_path, registry, architecture, encoder,
+                                                 params):
+    import segmentation_models_pytorch as smp
+    from ruamel.yaml import YAML
+
+    extra = YAML(typ="safe").load(params.replace("params: ", "")) if params else {}
+    torch.manual_seed(0)
+    net = smp.create_model(architecture, encoder_name=encoder, encoder_weights=None,
+                           in_channels=4, classes=2, **extra)
+    weights = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    _card(weights, architecture, encoder, 4, params=params)
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 150, 170)).astype(np.uint8)
+    scene = Raster(levels=[da.from_array(pixels, chunks=(4, 64, 64))], pixel_size=[1.0])
+    out = _run(tmp_path, registry, scene, workflow_dir=tmp_path, model=weights.name, window=128,
+               overlap=32)
+    probs = out["probabilities"].data.compute()
+    assert probs.shape == (2, 150, 170)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    assert set(np.unique(out["labels"].data.compute())) <= {0, 1}

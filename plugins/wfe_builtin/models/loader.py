@@ -136,7 +136,7 @@ def _load(weights: Path, mtime: float, device: str, precision: str, builder_targ
                         channels_last)
     # One small forward pass now: kernel selection and lazy initialisation happen
     # here, once per process, instead of inside the first batch of the first input.
-    model.predict(np.zeros((1, card.in_channels, 64, 64), np.uint8))
+    model.predict(np.zeros((1, card.in_channels, card.window, card.window), np.uint8))
     return model
 
 
