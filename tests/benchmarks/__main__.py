@@ -108,6 +108,18 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int,
     ]
 
 
+def memory(work: Path) -> list[tuple[str, str]]:
+    """Peak RSS of read → mask → segment → write at 1×, 4× and 16× the area."""
+    from tests.memory_probe import peak_rss_mib
+
+    peaks = {f: peak_rss_mib(work / "memory", side) for f, side in
+             (("1×", 3072), ("4×", 6144), ("16×", 12288))}
+    base = peaks["1×"]
+    return [(f"peak RSS at {f} the area ({side} px square, 0.5 µm)",
+             f"{mib:.0f} MiB ({mib / base - 1:+.1%} vs 1×)")
+            for (f, mib), side in zip(peaks.items(), (3072, 6144, 12288), strict=True)]
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -120,6 +132,7 @@ def main() -> None:
         no_mask.write_text(NO_MASK.format(model=ROOT / "workflows/models/demo.safetensors"))
         rows = throughput(work, "demo", (6144, 4096), 7, ROOT / "workflows/demo.yaml")
         rows += throughput(work, "large", (8192, 8192), 5, no_mask)
+        rows += memory(work)
     table = Table("measure", "value", title="wfe bench: throughput (measured side by side in one run)")
     for row in rows:
         table.add_row(*row)
