@@ -40,6 +40,16 @@ stages:
 """
 
 
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+_, status, usage = os.wait4(proc.pid, 0)
+if os.waitstatus_to_exitcode(status) != 0:
+    sys.exit(proc.stderr.read().decode())
+print(usage.ru_maxrss)
+"""
+
+
 def _prepare(work: Path) -> tuple[Path, dict[str, str]]:
     import numpy as np
     from safetensors.numpy import save_file
@@ -79,13 +89,14 @@ def peak_rss_mib(work: Path, side: int, seed: int = 1) -> float:
     out = work / f"out-{side}"
     cmd = [sys.executable, "-m", "wfe", "run", str(workflow), "-i", str(slide), "-o", str(out),
            "--workers", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(err)
+    # A small parent forks the run: a child's peak RSS counts the pages it shared
+    # with its parent at fork time, so forking from a large process would inflate it.
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
     record = next(iter(json.loads((out / "run.json").read_text())["inputs"].values()))
     if record["status"] != "done":
         raise RuntimeError(record["error"])
     slide.unlink()
-    return usage.ru_maxrss / 1024
+    return float(proc.stdout.strip().splitlines()[-1]) / 1024
