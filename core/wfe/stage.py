@@ -68,6 +68,12 @@ class Stage:
     def __init__(self, params: StageParams) -> None:
         self.params = params
 
+    @staticmethod
+    def check(params: Any, base: Path) -> list[str]:
+        """Problems visible before any pixel is read (e.g. a model file that does not
+        exist), one message each; ``base`` is the workflow file's folder. None by default."""
+        return []
+
     def run(self, ctx: StageContext, **inputs: Any) -> dict[str, Any]:
         raise NotImplementedError
 

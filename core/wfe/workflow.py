@@ -201,10 +201,8 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
                 problems.append(f"{loc.stage_at(index, sd.id, err['loc'], is_key)}: {prefix}: {message}")
             raw_refs[sd.id] = []
             continue
-        check = getattr(stage_class, "check", None)
-        if check is not None:
-            for message in check(params, path.parent):
-                problems.append(f"{loc.at(('stages', index, 'with'))}: {prefix}: {message}")
+        for message in stage_class.check(params, path.parent):
+            problems.append(f"{loc.at(('stages', index, 'with'))}: {prefix}: {message}")
         raw_refs[sd.id] = [(index, f, getattr(params, f)) for f in refs
                            if getattr(params, f) is not None]
         nodes[sd.id] = StageNode(sd.id, sd.uses, stage_class, params)
