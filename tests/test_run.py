@@ -149,6 +149,7 @@ def test_each_window_runs_once_for_all_outputs(sample_slide, tmp_path, registry,
     from wfe.workflow import load_workflow
     from wfe_builtin.models import loader
 
+    loader.load_model(MODEL, "cpu", "auto", registry)  # loaded (and warmed up) beforehand
     seen = []
     original = loader.LoadedModel.predict
 
