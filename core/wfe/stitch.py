@@ -1,14 +1,14 @@
 """Lazy sliding-window inference over a dask array, stitched seam-free.
 
 Each window of the global grid (:mod:`wfe.grid`) is owned by the output chunk
-its start falls in, so it is computed exactly once. Phase one, per chunk:
-read the region covered by the chunk's own windows, predict them in batches
-and accumulate ``prediction × weight`` and ``weight`` over that region.
-Each accumulation is cut at once into the pieces that fall in each output
-chunk, so what stays in memory is a strip about one window wide along the
-frontier of finished chunks. Phase two, per output chunk: add up its pieces and
-divide. The result is independent of the chunk
-size (up to float rounding) and equals an in-memory sliding-window pass.
+its start falls in, so it is computed exactly once. A chunk's task reads the
+region its own windows cover, predicts them in batches and accumulates
+``prediction × weight`` and ``weight``; it adds the strips that the windows of
+the chunks to its left and above spilled into it, and divides. Chunks are
+finished in that wavefront order, so what waits in memory is those strips
+(about ``overlap`` pixels wide, along the frontier), never whole
+accumulations. The result is independent of the chunk size (up to float
+rounding) and equals an in-memory sliding-window pass.
 """
 
 from __future__ import annotations
@@ -65,6 +65,24 @@ def _cut(part: tuple[np.ndarray, np.ndarray, tuple[int, int]],
     ix0, ix1 = max(x0, ox), min(x1, ox + pw)
     sy, sx = slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)
     return num[:, sy, sx].copy(), den[sy, sx].copy(), (iy0, ix0)
+
+
+def _cut_own(result: tuple[np.ndarray, Any], box: tuple[int, int, int, int]) -> Any:
+    """The piece of a finished chunk's own accumulation that falls in ``box``."""
+    return _cut(result[1], box)
+
+
+def _finish(box: tuple[int, int, int, int], background: np.ndarray, dtype: Any,
+            region: np.ndarray | None, starts: list[tuple[int, int]], origin: tuple[int, int],
+            predict: Predict, window: int, weights: np.ndarray, out_channels: int,
+            batch_size: int, *incoming: Any) -> tuple[np.ndarray, Any]:
+    """Predict a chunk's own windows, add the strips spilled into it, and blend."""
+    own = None
+    if starts:
+        own = _accumulate(region, starts, origin, predict, window, weights, out_channels,
+                          batch_size)
+    parts = [*incoming, *([_cut(own, box)] if own is not None else [])]
+    return _assemble(box, background, dtype, *parts), own
 
 
 def _assemble(box: tuple[int, int, int, int], background: np.ndarray, dtype: Any,
@@ -125,37 +143,40 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
     y_edges = list(range(0, height, block)) + [height]
     x_edges = list(range(0, width, block)) + [width]
 
-    owners: list[tuple[tuple[int, int, int, int], Any]] = []
-    for i in range(len(y_edges) - 1):
-        for j in range(len(x_edges) - 1):
-            starts = grid.owned_by(y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
-            if keep is not None:
-                starts = [s for s in starts if keep(*s)]
-            if not starts:
-                continue
-            ry0 = min(y for y, _ in starts)
-            rx0 = min(x for _, x in starts)
-            ry1 = max(y for y, _ in starts) + window
-            rx1 = max(x for _, x in starts) + window
-            region = image[:, ry0:ry1, rx0:rx1]
-            part = dask.delayed(_accumulate, pure=True)(
-                region, starts, (ry0, rx0), predict, window, weights, out_channels, batch_size)
-            owners.append(((ry0, ry1, rx0, rx1), part))
-
+    # Chunks are finished in a wavefront: a chunk's task runs after the chunks to its
+    # left and above, takes the strips their windows spilled into it, predicts its
+    # own windows and returns its finished pixels plus its own accumulation, from
+    # which the strips for the chunks to its right and below are cut. Only strips
+    # wait in memory, never whole accumulations.
+    regions: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    finished: dict[tuple[int, int], Any] = {}
     rows = []
     for i in range(len(y_edges) - 1):
         row = []
         for j in range(len(x_edges) - 1):
             box = (y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
-            parts = [dask.delayed(_cut, pure=True)(p, box) for (ry0, ry1, rx0, rx1), p in owners
-                     if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1]
+            starts = grid.owned_by(*box)
+            if keep is not None:
+                starts = [s for s in starts if keep(*s)]
+            incoming = [dask.delayed(_cut_own, pure=True)(finished[key], box)
+                        for key, (ry0, ry1, rx0, rx1) in regions.items()
+                        if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1]
             shape = (out_channels, box[1] - box[0], box[3] - box[2])
-            if parts:
-                block = da.from_delayed(
-                    dask.delayed(_assemble, pure=True)(box, background, dtype, *parts),
-                    shape=shape, dtype=dtype)
-            else:
-                block = da.broadcast_to(background.astype(dtype)[:, None, None], shape)
-            row.append(block)
+            if not starts and not incoming:
+                row.append(da.broadcast_to(background.astype(dtype)[:, None, None], shape))
+                continue
+            region = None
+            origin = (box[0], box[2])
+            if starts:
+                ry0, rx0 = min(y for y, _ in starts), min(x for _, x in starts)
+                ry1 = max(y for y, _ in starts) + window
+                rx1 = max(x for _, x in starts) + window
+                regions[(i, j)] = (ry0, ry1, rx0, rx1)
+                region, origin = image[:, ry0:ry1, rx0:rx1], (ry0, rx0)
+            task = dask.delayed(_finish, pure=True, nout=2)(
+                box, background, dtype, region, starts, origin, predict, window, weights,
+                out_channels, batch_size, *incoming)
+            finished[(i, j)] = task
+            row.append(da.from_delayed(task[0], shape=shape, dtype=dtype))
         rows.append(row)
     return da.block(rows)
