@@ -50,56 +50,58 @@ def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple
     return num, den, origin
 
 
-def _cut(part: tuple[np.ndarray, np.ndarray, tuple[int, int]],
-         box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The piece of an owner's accumulation that falls in one output chunk.
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+Part = tuple[np.ndarray, np.ndarray, tuple[int, int]]  # Σ p·w, Σ w, origin (y, x)
 
-    Cutting right away lets the owner's whole accumulation be freed; only the
-    pieces still waiting for their chunk stay in memory (a strip of about one
-    window along the frontier of finished chunks, not whole owner regions).
-    """
-    num, den, (oy, ox) = part
+
+def _overlap(box: Box, origin: tuple[int, int],
+             shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where an array at ``origin`` of ``shape`` meets ``box``: (its slices, the box's slices)."""
     y0, y1, x0, x1 = box
-    ph, pw = den.shape
-    iy0, iy1 = max(y0, oy), min(y1, oy + ph)
-    ix0, ix1 = max(x0, ox), min(x1, ox + pw)
-    sy, sx = slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)
-    return num[:, sy, sx].copy(), den[sy, sx].copy(), (iy0, ix0)
+    oy, ox = origin
+    iy0, iy1 = max(y0, oy), min(y1, oy + shape[0])
+    ix0, ix1 = max(x0, ox), min(x1, ox + shape[1])
+    if iy0 >= iy1 or ix0 >= ix1:
+        return None
+    return ((slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)),
+            (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0)))
 
 
-def _cut_own(result: tuple[np.ndarray, Any], box: tuple[int, int, int, int]) -> Any:
-    """The piece of a finished chunk's own accumulation that falls in ``box``."""
-    return _cut(result[1], box)
+def _cut_own(result: tuple[np.ndarray, Part], box: Box) -> Part:
+    """The strip of a finished chunk's own accumulation that spills into ``box``.
+
+    A copy, so the finished chunk's whole accumulation can be freed while the
+    strip waits for the chunk it belongs to.
+    """
+    num, den, origin = result[1]
+    src, _ = _overlap(box, origin, den.shape)
+    top_left = (origin[0] + src[0].start, origin[1] + src[1].start)
+    return num[(slice(None), *src)].copy(), den[src].copy(), top_left
 
 
-def _finish(box: tuple[int, int, int, int], background: np.ndarray, dtype: Any,
+def _finish(box: Box, background: np.ndarray, dtype: Any,
             region: np.ndarray | None, starts: list[tuple[int, int]], origin: tuple[int, int],
             predict: Predict, window: int, weights: np.ndarray, out_channels: int,
-            batch_size: int, *incoming: Any) -> tuple[np.ndarray, Any]:
+            batch_size: int, *incoming: Part) -> tuple[np.ndarray, Part | None]:
     """Predict a chunk's own windows, add the strips spilled into it, and blend."""
     own = None
     if starts:
         own = _accumulate(region, starts, origin, predict, window, weights, out_channels,
                           batch_size)
-    parts = [*incoming, *([_cut(own, box)] if own is not None else [])]
+    parts = [*incoming, *([own] if own is not None else [])]
     return _assemble(box, background, dtype, *parts), own
 
 
-def _assemble(box: tuple[int, int, int, int], background: np.ndarray, dtype: Any,
-              *parts: tuple[np.ndarray, np.ndarray, tuple[int, int]]) -> np.ndarray:
-    """Blend the owners' accumulations over one output chunk."""
+def _assemble(box: Box, background: np.ndarray, dtype: Any, *parts: Part) -> np.ndarray:
+    """Blend the accumulations that reach one output chunk."""
     y0, y1, x0, x1 = box
-    k = background.shape[0]
-    num = np.zeros((k, y1 - y0, x1 - x0), np.float32)
+    num = np.zeros((background.shape[0], y1 - y0, x1 - x0), np.float32)
     den = np.zeros((y1 - y0, x1 - x0), np.float32)
-    for pnum, pden, (oy, ox) in parts:
-        ph, pw = pden.shape
-        iy0, iy1 = max(y0, oy), min(y1, oy + ph)
-        ix0, ix1 = max(x0, ox), min(x1, ox + pw)
-        if iy0 >= iy1 or ix0 >= ix1:
+    for pnum, pden, origin in parts:
+        hit = _overlap(box, origin, pden.shape)
+        if hit is None:
             continue
-        src = (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox))
-        dst = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        src, dst = hit
         num[(slice(None), *dst)] += pnum[(slice(None), *src)]
         den[dst] += pden[src]
     covered = den > 0

@@ -52,6 +52,15 @@ class LoadedModel:
     autocast: Any
     lock: threading.Lock
     channels_last: bool = False
+    mean: Any = None  # normalisation as (1, c, 1, 1) tensors, set once at load
+    std: Any = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        norm = self.card.normalize
+        self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def predict(self, batch: np.ndarray, tta: tuple[str, ...] = ()) -> np.ndarray:
         """Class probabilities ``(n, k, h, w)`` float32 for raw pixels ``(n, c, h, w)``.
@@ -61,10 +70,8 @@ class LoadedModel:
         """
         import torch
 
-        norm = self.card.normalize
-        mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
-        x = (torch.from_numpy(np.ascontiguousarray(batch)).float() / norm.scale - mean) / std
+        scale = self.card.normalize.scale
+        x = (torch.from_numpy(np.ascontiguousarray(batch)).float() / scale - self.mean) / self.std
         views = _tta_views(tta)
         with self.lock, torch.inference_mode():
             x = x.to(self.device)
