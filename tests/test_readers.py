@@ -8,8 +8,8 @@ import pytest
 
 from wfe.errors import InputError
 from wfe.io import open_image
+from wfe.resolution import at_resolution
 from wfe_builtin.readers.openslide import OpenSlideReader
-from wfe_builtin.stages.read import at_mpp
 from wfe_builtin.synthetic import SyntheticSlide, write_slide
 
 
@@ -58,11 +58,18 @@ def test_readers_are_lazy_and_chunked_on_tiles(sample_slide, registry):
 
 def test_read_level_choice(sample_slide, registry):
     raster = open_image(sample_slide, registry)
-    assert at_mpp(raster, 1.0, "t").shape == (3, 1024, 1024)
-    assert at_mpp(raster, 2.0, "t").levels[0] is raster.levels[2]
-    down = at_mpp(raster, 3.0, "t")  # level 1 (1 µm) averaged by 3
-    assert down.mpp == pytest.approx(3.0) and down.shape == (3, 342, 342)
+    assert at_resolution(raster, 1.0, "t").shape == (3, 1024, 1024)
+    assert at_resolution(raster, 2.0, "t").levels[0] is raster.levels[2]
+    assert at_resolution(raster, 1.03, "t").levels[0] is raster.levels[1]  # within tolerance
+    # 3 µm: from level 2 (2 µm), area-averaged by exactly 1.5.
+    down = at_resolution(raster, 3.0, "t")
+    assert down.mpp == pytest.approx(3.0) and down.shape == (3, 341, 341)
+    src = raster.levels[2][:, :3, :3].compute().astype(np.float64)
+    w = np.array([1.0, 0.5]) / 1.5
+    expected = np.einsum("y,cyx,x->c", w, src[:, :2, :2], w)
+    assert np.abs(down.levels[0][:, 0, 0].compute() - expected).max() <= 0.5
+    assert [round(p, 6) for p in down.pixel_size] == [3.0]  # no coarser level left
     with pytest.raises(InputError, match="finer than level 0"):
-        at_mpp(raster, 0.25, "t")
-    with pytest.raises(InputError, match="not an integer downsample"):
-        at_mpp(raster, 1.4, "t")
+        at_resolution(raster, 0.25, "t")
+    up = at_resolution(raster, 0.25, "t", allow_upsample=True)
+    assert up.shape == (3, 4096, 4096) and up.mpp == pytest.approx(0.25)

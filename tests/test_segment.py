@@ -9,8 +9,8 @@ from monai.inferers import sliding_window_inference
 
 from conftest import MODEL
 from wfe.errors import InputError
+from wfe.resolution import at_resolution
 from wfe.stage import StageContext
-from wfe_builtin.stages.read import at_mpp
 from wfe_builtin.stages.segment import SegmentParams, SegmentStage
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def image(sample_slide, registry):
     from wfe.io import open_image
 
-    return at_mpp(open_image(sample_slide, registry), 2.0, "t")  # 512 × 512 at 2 µm
+    return at_resolution(open_image(sample_slide, registry), 2.0, "t")  # 512 × 512 at 2 µm
 
 
 def _segment(ctx_dir, registry, image, **params):
@@ -70,7 +70,7 @@ def test_rotation_tta_runs_every_rotation(tmp_path, registry, image, demo_model)
 def test_multiscale_fuses_on_the_first_grid(tmp_path, registry, sample_slide):
     from wfe.io import open_image
 
-    raster = at_mpp(open_image(sample_slide, registry), 1.0, "t")
+    raster = at_resolution(open_image(sample_slide, registry), 1.0, "t")
     out = _segment(tmp_path, registry, raster, scales=[1.0, 2.0], window=256, overlap=32)
     probs = out["probabilities"]
     assert probs.shape == (3, 1024, 1024) and probs.mpp == 1.0

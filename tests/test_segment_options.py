@@ -15,10 +15,10 @@ from conftest import MODEL
 from wfe import ArchitectureSpec, Raster, hookimpl
 from wfe.errors import WfeError
 from wfe.plugins import load_registry
+from wfe.resolution import at_resolution
 from wfe.stage import StageContext
 from wfe.workflow import load_workflow
 from wfe_builtin.models.loader import resolve_device
-from wfe_builtin.stages.read import at_mpp
 from wfe_builtin.stages.segment import SegmentParams, SegmentStage
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def image(sample_slide, registry):
     from wfe.io import open_image
 
-    return at_mpp(open_image(sample_slide, registry), 1.0, "t")  # 1024 × 1024 at 1 µm
+    return at_resolution(open_image(sample_slide, registry), 1.0, "t")  # 1024 × 1024 at 1 µm
 
 
 def _run(tmp_path, registry, image, workflow_dir=MODEL.parent, **params):

@@ -16,31 +16,47 @@ def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]).lower() if path.name.endswith(".zarr") else path.suffix.lower()
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
 def open_image(path: Path, registry: Registry, reader: str | None = None, **opts: Any) -> Raster:
     """Open ``path`` lazily with the reader named, or the first whose probe accepts it.
 
-    Raises :class:`InputError` (one line, naming the file) when the file is
-    missing, no reader accepts it, or the chosen reader fails to open it.
+    Readers are probed in priority order; a probe decodes a little, so a file a
+    library opens but cannot decode is refused there. If an accepting reader then
+    fails to open the file, the next accepting reader is tried. Raises
+    :class:`InputError` (one line, naming the file) when the file is missing, no
+    reader accepts it, or every accepting reader fails.
     """
     if not path.exists():
         raise InputError(f"{path}: no such file", "check the path or the input glob")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty", "copy or download the file again")
     specs = [registry.reader(reader)] if reader else registry.readers_in_probe_order(_suffix(path))
-    tried = []
+    refused: list[str] = []
+    failed: list[tuple[str, BaseException]] = []
     for spec in specs:
         impl = spec.load()()
-        tried.append(spec.name)
         try:
             accepted = reader is not None or impl.probe(path)
-        except Exception:  # noqa: BLE001 - a probe that breaks means "not mine"
-            accepted = False
+        except Exception as exc:  # noqa: BLE001 - a probe that breaks means "not mine"
+            refused.append(f"{spec.name}: {_reason(exc)}")
+            continue
         if not accepted:
+            refused.append(spec.name)
             continue
         try:
             return impl.open(path, **opts)
         except WfeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - library errors become one line
-            raise InputError(f"{path}: reader {spec.name!r} cannot open it ({exc})",
-                             "check that the file is complete and not corrupt") from exc
-    raise InputError(f"{path}: not an image any installed reader accepts (tried {', '.join(tried)})",
+        except Exception as exc:  # noqa: BLE001 - library errors become one line; try the next
+            failed.append((spec.name, exc))
+    if failed:
+        name, exc = failed[0]
+        raise InputError(f"{path}: reader {name!r} cannot open it ({_reason(exc)})",
+                         "check that the file is complete and not corrupt") from exc
+    detail = "; ".join(refused)
+    raise InputError(f"{path}: not an image any installed reader accepts ({detail})",
                      "check that the file is a complete image, or install a reader plugin for it")

@@ -28,6 +28,9 @@ class Raster:
         level 0 as ``(a, b, c, d, e, f)`` (x = a*col + b*row + c; y = d*col + e*row + f).
     channels
         One name per channel.
+    valid
+        For geodata with nodata or mask bands: per level, a ``(1, y, x)`` bool dask
+        array, True where the pixels hold data. ``None``: every pixel is valid.
     attrs
         Anything else worth keeping: vendor metadata, the source path, class names
         (``classes``) and colours (``colors``) of label images.
@@ -39,6 +42,7 @@ class Raster:
     transform: tuple[float, ...] | None = None
     channels: Sequence[str] = ()
     attrs: dict[str, Any] = field(default_factory=dict)
+    valid: Sequence[da.Array] | None = None
 
     def __post_init__(self) -> None:
         if not self.levels:
@@ -48,6 +52,8 @@ class Raster:
                 raise ValueError(f"levels must have axes (c, y, x); got shape {lvl.shape}")
         if self.pixel_size is not None and len(self.pixel_size) != len(self.levels):
             raise ValueError("pixel_size needs one value per level")
+        if self.valid is not None and len(self.valid) != len(self.levels):
+            raise ValueError("valid needs one mask per level")
         if not self.channels:
             n = self.levels[0].shape[0]
             object.__setattr__(self, "channels", tuple(f"c{i}" for i in range(n)))
@@ -70,22 +76,45 @@ class Raster:
         """Micrometres per pixel of level 0, if known."""
         return None if self.pixel_size is None else float(self.pixel_size[0])
 
+    @property
+    def unit(self) -> str | None:
+        """Unit of :meth:`resolutions`: ``"µm"`` for slides, ``"m"`` (or the CRS's
+        unit) for geodata, ``None`` when the image has no geometry."""
+        if self.pixel_size is not None:
+            return "µm"
+        if self.transform is not None:
+            return str(self.attrs.get("crs_unit", "m"))
+        return None
+
+    def resolutions(self) -> list[float] | None:
+        """Pixel size of each level in :attr:`unit`: µm for slides, the ground sample
+        distance (CRS units, usually metres) for geodata; ``None`` if unknown."""
+        if self.pixel_size is not None:
+            return [float(p) for p in self.pixel_size]
+        if self.transform is not None:
+            a, b = self.transform[0], self.transform[1]
+            gsd = float(np.hypot(a, b))
+            return [gsd * d for d in self.downsamples()]
+        return None
+
     def downsamples(self) -> list[float]:
         """Each level's downsample factor relative to level 0 (from the widths)."""
         w0 = self.levels[0].shape[2]
         return [w0 / lvl.shape[2] for lvl in self.levels]
 
-    def level_for(self, mpp: float, tolerance: float = 0.05) -> int:
-        """The coarsest level whose pixel size is at most ``mpp`` (within ``tolerance``).
+    def level_for(self, size: float, tolerance: float = 0.05) -> int:
+        """The coarsest level whose pixel size (in :attr:`unit`) is at most ``size``
+        (within ``tolerance``).
 
-        Returns 0 when even level 0 is coarser than ``mpp``; callers decide
+        Returns 0 when even level 0 is coarser than ``size``; callers decide
         whether that is an error.
         """
-        if self.pixel_size is None:
+        sizes = self.resolutions()
+        if sizes is None:
             raise ValueError("this image has no pixel size")
         best = 0
-        for i, size in enumerate(self.pixel_size):
-            if size <= mpp * (1 + tolerance):
+        for i, s in enumerate(sizes):
+            if s <= size * (1 + tolerance):
                 best = i
         return best
 
@@ -97,8 +126,9 @@ class Raster:
             f = self.downsamples()[first]
             a, b, c, d, e, g = transform
             transform = (a * f, b * f, c, d * f, e * f, g)
+        valid = None if self.valid is None else list(self.valid[first:])
         return replace(self, levels=list(self.levels[first:]), pixel_size=pixel_size,
-                       transform=transform)
+                       transform=transform, valid=valid)
 
     def derived(self, levels: Sequence[da.Array], channels: Sequence[str],
                 **attrs: Any) -> Raster:
@@ -110,7 +140,7 @@ class Raster:
         if tuple(levels[0].shape[1:]) != self.shape[1:]:
             raise ValueError(f"derived raster shape {levels[0].shape} differs from {self.shape}")
         pixel_size = None if self.pixel_size is None else [self.pixel_size[0]]
-        new_attrs = {k: v for k, v in self.attrs.items() if k in ("source", "vendor")}
+        new_attrs = {k: v for k, v in self.attrs.items() if k in ("source", "vendor", "crs_unit")}
         new_attrs.update(attrs)
         return Raster(levels=list(levels)[:1], pixel_size=pixel_size, crs=self.crs,
                       transform=self.transform, channels=tuple(channels), attrs=new_attrs)
@@ -124,7 +154,10 @@ class Raster:
 
     def __repr__(self) -> str:
         c, h, w = self.shape
-        geo = f"{self.mpp:g} µm/px" if self.mpp else (self.crs or "no geometry")
+        res = self.resolutions()
+        geo = f"{res[0]:g} {self.unit}/px" if res else "no geometry"
+        if self.crs:
+            geo += f", {self.crs if len(self.crs) < 40 else self.crs[:37] + '...'}"
         return (f"Raster({c}×{h}×{w} {self.dtype}, {len(self.levels)} levels, {geo}, "
                 f"channels={list(self.channels)})")
 

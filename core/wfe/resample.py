@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["downsample", "integer_factor", "upsample_linear"]
+__all__ = ["downsample", "integer_factor", "resample", "upsample_linear"]
+
+METHODS = ("area", "linear", "nearest")
 
 
 def integer_factor(ratio: float, tolerance: float = 0.05) -> int | None:
@@ -67,3 +72,101 @@ def upsample_linear(arr: da.Array, k: int, shape: tuple[int, int]) -> da.Array:
     if ph > 0 or pw > 0:
         out = da.pad(out, ((0, 0), (0, max(ph, 0)), (0, max(pw, 0))), mode="edge")
     return out
+
+
+def resample_weights(rows: range, cols: range, n_src: int, factor: float,
+                     method: str) -> np.ndarray:
+    """Weights taking source pixels ``cols`` to output pixels ``rows`` (``factor`` times larger).
+
+    ``area``: each output pixel averages the source pixels it covers, partial
+    pixels by the fraction covered (exact area averaging for any factor).
+    ``linear``: bilinear interpolation at the output pixel centres (upsampling).
+    ``nearest``: the source pixel under the output pixel's centre (labels).
+    Each row sums to 1 over the source image; ``cols`` must hold every pixel a
+    row reads (see :func:`source_span`).
+    """
+    r = np.arange(rows.start, rows.stop, dtype=np.float64)[:, None]
+    c = np.arange(cols.start, cols.stop, dtype=np.float64)[None, :]
+    if method == "area":
+        lo, hi = r * factor, np.minimum((r + 1) * factor, n_src)
+        out = np.clip(np.minimum(c + 1, hi) - np.maximum(c, lo), 0, None)
+    elif method == "linear":
+        centre = np.clip((r + 0.5) * factor - 0.5, 0, n_src - 1)
+        out = np.clip(1 - np.abs(centre - c), 0, None)
+    elif method == "nearest":
+        pick = np.minimum(np.floor((r + 0.5) * factor), n_src - 1)
+        out = (c == pick).astype(np.float64)
+    else:
+        raise ValueError(f"unknown resampling method {method!r}; use one of {METHODS}")
+    total = out.sum(axis=1, keepdims=True)
+    return (out / np.where(total > 0, total, 1)).astype(np.float32)
+
+
+def source_span(o0: int, o1: int, n_src: int, factor: float, method: str) -> tuple[int, int]:
+    """Source pixels ``[s0, s1)`` read by output pixels ``[o0, o1)``."""
+    if method == "area":
+        s0, s1 = int(np.floor(o0 * factor)), int(np.ceil(o1 * factor))
+    else:
+        s0 = int(np.floor((o0 + 0.5) * factor - 0.5)) - 1
+        s1 = int(np.floor((o1 - 0.5) * factor - 0.5)) + 3
+    s0 = min(max(0, s0), n_src - 1)
+    return s0, min(n_src, max(s1, s0 + 1))
+
+
+def _resample_block(blocks: list[list[np.ndarray]], crop: tuple[slice, slice], wy: np.ndarray,
+                    wx: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    region = np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else blocks[0][0]
+    region = region[(slice(None), *crop)].astype(np.float32)
+    out = np.matmul(np.matmul(wy, region), wx.T)
+    if np.dtype(dtype).kind in "uib":
+        if np.dtype(dtype).kind == "b":
+            return out >= 0.5
+        info = np.iinfo(dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(dtype)
+
+
+def _bounds(chunks: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(chunks)]).astype(int)
+
+
+def _even(n: int, size: int) -> tuple[int, ...]:
+    return tuple(min(size, n - i) for i in range(0, n, size))
+
+
+def resample(arr: da.Array, factor: float, shape: tuple[int, int] | None = None,
+             method: str = "area", chunk: int | None = None) -> da.Array:
+    """Resample y and x of a ``(c, y, x)`` array to pixels ``factor`` times larger, lazily.
+
+    Any positive factor, not only integers. ``shape`` is the output's (y, x), by
+    default ``round(size / factor)``; output chunks are ``chunk`` (default: the
+    source's). Each output chunk reads only the source chunks under it, so memory
+    stays at a few chunks whatever the image size.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown resampling method {method!r}; use one of {METHODS}")
+    _, h, w = arr.shape
+    oh, ow = shape or (max(1, round(h / factor)), max(1, round(w / factor)))
+    size = chunk or max(arr.chunks[1][0], arr.chunks[2][0])
+    out_chunks = (arr.chunks[0], _even(oh, size), _even(ow, size))
+    src_y, src_x = _bounds(arr.chunks[1]), _bounds(arr.chunks[2])
+    out_y, out_x = _bounds(out_chunks[1]), _bounds(out_chunks[2])
+
+    def plan(o0: int, o1: int, n: int, bounds: np.ndarray) -> tuple[np.ndarray, range, slice]:
+        s0, s1 = source_span(o0, o1, n, factor, method)
+        b0 = int(np.searchsorted(bounds, s0, "right")) - 1
+        b1 = int(np.searchsorted(bounds, s1, "left"))
+        weights = resample_weights(range(o0, o1), range(s0, s1), n, factor, method)
+        return weights, range(b0, b1), slice(s0 - int(bounds[b0]), s1 - int(bounds[b0]))
+
+    ys = [plan(int(out_y[i]), int(out_y[i + 1]), h, src_y) for i in range(len(out_y) - 1)]
+    xs = [plan(int(out_x[j]), int(out_x[j + 1]), w, src_x) for j in range(len(out_x) - 1)]
+    name = f"resample-{tokenize(arr, factor, (oh, ow), method, size)}"
+    dsk: dict[Any, Any] = {}
+    for ci in range(len(arr.chunks[0])):
+        for i, (wy, brows, cy) in enumerate(ys):
+            for j, (wx, bcols, cx) in enumerate(xs):
+                blocks = [[(arr.name, ci, by, bx) for bx in bcols] for by in brows]
+                dsk[(name, ci, i, j)] = (_resample_block, blocks, (cy, cx), wy, wx, arr.dtype)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
+    return da.Array(graph, name, out_chunks, dtype=arr.dtype)

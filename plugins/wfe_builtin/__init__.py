@@ -38,9 +38,19 @@ def wfe_readers() -> list[ReaderSpec]:
                    "vendor whole-slide formats through OpenSlide",
                    suffixes=(".svs", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif",
                              ".tif", ".tiff", ".dcm"), priority=50),
+        ReaderSpec("geotiff", "wfe_builtin.readers.geotiff:GeoTiffReader",
+                   "georeferenced GeoTIFF / COG (CRS, transform, nodata, overviews) via rasterio",
+                   suffixes=(".tif", ".tiff", ".vrt", ".jp2", ".img"), priority=45),
         ReaderSpec("tiff", "wfe_builtin.readers.tiff:TiffReader",
-                   "tiled pyramidal TIFF, OME-TIFF, BigTIFF through tifffile",
-                   suffixes=(".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf"), priority=40),
+                   "TIFF via tifffile: OME-TIFF, BigTIFF, ImageJ, QPTIFF, tiled or stripped",
+                   suffixes=(".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".qptiff"),
+                   priority=40),
+        ReaderSpec("zarr", "wfe_builtin.readers.zarr:ZarrReader",
+                   "Zarr v2/v3 arrays and OME-Zarr (NGFF) multiscales",
+                   suffixes=(".zarr", ".ome.zarr"), priority=40),
+        ReaderSpec("pil", "wfe_builtin.readers.pil:PilReader",
+                   "small untiled images (PNG, JPEG, ...) via Pillow",
+                   suffixes=(".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"), priority=10),
     ]
 
 

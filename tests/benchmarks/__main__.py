@@ -54,10 +54,10 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int,
     from wfe.grid import WindowGrid
     from wfe.io import open_image
     from wfe.plugins import load_registry
+    from wfe.resolution import at_resolution
     from wfe.stage import StageContext
     from wfe.workflow import load_workflow
     from wfe_builtin.models.loader import load_model
-    from wfe_builtin.stages.read import at_mpp
     from wfe_builtin.stages.segment import tissue_windows
     from wfe_builtin.stages.tissue_mask import TissueMaskParams, TissueMaskStage
 
@@ -75,7 +75,7 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int,
 
     # Model only: the same windows, from the same image, already decoded in memory.
     registry = load_registry()
-    image = at_mpp(open_image(slide, registry), 1.0, "bench")
+    image = at_resolution(open_image(slide, registry), 1.0, "bench")
     h, w = image.shape[1:]
     masked = any(s.uses == "tissue_mask" for s in load_workflow(workflow, registry).stages)
     if masked:

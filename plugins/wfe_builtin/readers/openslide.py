@@ -1,4 +1,10 @@
-"""Whole-slide formats through OpenSlide, lazily, one dask chunk per tile."""
+"""Whole-slide formats through OpenSlide, lazily, one dask chunk per tile.
+
+Aperio .svs (JPEG and JPEG 2000 tiles), Hamamatsu .ndpi/.vms, MIRAX .mrxs,
+Leica .scn, Ventana .bif, Philips TIFF, DICOM WSI (any file of the series),
+Sakura .svslide, and tiled TIFF. A plain tiled TIFF is left to the tifffile
+reader, which keeps its exact dtype and channels.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import dask.array as da
 import numpy as np
 
 from wfe.raster import Raster
-from wfe_builtin.readers._common import plausible_mpp
+from wfe_builtin.readers._common import DecodeGuard, plausible_mpp
 
 __all__ = ["OpenSlideReader"]
 
@@ -26,9 +32,10 @@ def _read_tile(_template: np.ndarray, path: str, level: int, downsample: float,
                block_info: Any = None) -> np.ndarray:
     info = block_info[None]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
-    region = _slide(path).read_region((int(x0 * downsample), int(y0 * downsample)), level,
-                                      (x1 - x0, y1 - y0))
-    rgba = np.asarray(region)
+    with DecodeGuard(path, level, y0, x0):
+        region = _slide(path).read_region((int(x0 * downsample), int(y0 * downsample)), level,
+                                          (x1 - x0, y1 - y0))
+        rgba = np.asarray(region)
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)  # transparent -> white
     return np.rint(rgb).astype(np.uint8).transpose(2, 0, 1)
@@ -72,4 +79,6 @@ class OpenSlideReader:
                       attrs={"source": str(path), "reader": self.name,
                              "vendor": props.get(openslide.PROPERTY_NAME_VENDOR),
                              "objective_power": props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER),
-                             "associated": sorted(slide.associated_images)})
+                             "associated": sorted(slide.associated_images),
+                             "associated_sizes": {k: list(v.size) for k, v in
+                                                  slide.associated_images.items()}})

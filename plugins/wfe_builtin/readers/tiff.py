@@ -1,37 +1,90 @@
-"""Tiled (pyramidal) TIFF through tifffile, lazily, one dask chunk per native tile."""
+"""TIFF through tifffile, lazily: one dask chunk per native tile (or band of strips).
+
+Reads pyramids stored as successive pages or SubIFDs (OME-TIFF), BigTIFF,
+ImageJ hyperstacks and QPTIFF, multi-channel fluorescence (uint16) with the
+channel names and pixel size of the OME-XML, and plain tiled or stripped TIFF.
+Axes other than channels, y and x (z, time, ...) are reduced by picking one
+index (``index: {Z: 3}`` in the reader options; 0 by default).
+"""
 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numpy as np
 
 from wfe.errors import InputError
 from wfe.raster import Raster
-from wfe_builtin.readers._common import plausible_mpp
+from wfe_builtin.readers._common import DecodeGuard, check_declared_size, plausible_mpp
 
 __all__ = ["TiffReader"]
 
 _UNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # INCH, CENTIMETER -> µm
+_OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+_FLAGS = ("svs", "ndpi", "ome", "qpi", "imagej", "philips", "scn", "bif", "geotiff")
+#: Stripped images are read in bands of at least this many rows.
+STRIP_BAND = 512
 
 # tifffile logs damaged structures itself; wfe reports them as one error line instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
-def _mpp_from_page(page: Any) -> float | None:
-    unit = int(page.resolutionunit)
+def _mpp_from_tags(page: Any, imagej: dict[str, Any] | None) -> float | None:
     xres = page.resolution[0] if page.resolution else 0
-    if unit not in _UNIT_TO_UM or not xres:
+    if not xres:
         return None
-    return _UNIT_TO_UM[unit] / xres
+    unit = int(page.resolutionunit)
+    if unit in _UNIT_TO_UM:
+        return _UNIT_TO_UM[unit] / xres
+    if imagej and str(imagej.get("unit", "")).lower() in ("micron", "µm", "um", "\\u00B5m"):
+        return 1.0 / xres
+    return None
 
 
-def _check_complete(path: Path, tif: Any) -> None:
+def _ome_pixels(tif: Any) -> dict[str, Any]:
+    """The first image's ``Pixels`` element of the OME-XML (empty if none)."""
+    import tifffile
+
+    if not tif.is_ome or not tif.ome_metadata:
+        return {}
+    try:
+        ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
+    except Exception:  # noqa: BLE001 - broken OME-XML: fall back to the TIFF tags
+        return {}
+    image = ome.get("Image", {})
+    image = image[0] if isinstance(image, list) else image
+    return image.get("Pixels", {})
+
+
+def _ome_channels(pixels: dict[str, Any]) -> list[str]:
+    channels = pixels.get("Channel", [])
+    channels = channels if isinstance(channels, list) else [channels]
+    return [str(c.get("Name") or c.get("ID") or f"c{i}") for i, c in enumerate(channels)]
+
+
+def _ome_mpp(pixels: dict[str, Any]) -> float | None:
+    size = pixels.get("PhysicalSizeX")
+    if size is None:
+        return None
+    return float(size) * _OME_UNIT_TO_UM.get(str(pixels.get("PhysicalSizeXUnit", "µm")), 1.0)
+
+
+def _vendor(tif: Any) -> str:
+    page = tif.pages.first
+    for flag in _FLAGS:
+        if getattr(page, f"is_{flag}", False) or getattr(tif, f"is_{flag}", False):
+            return flag
+    return "bigtiff" if tif.is_bigtiff else "tiff"
+
+
+def _check_complete(path: Path, series: Any) -> None:
     """Fail early, in one line, when tile data lies past the end of the file."""
     size = path.stat().st_size
-    for level in tif.series[0].levels:
+    for level in series.levels:
         for page in level.pages:
             if page is None or not page.dataoffsets:
                 continue
@@ -41,8 +94,67 @@ def _check_complete(path: Path, tif: Any) -> None:
                                  f"need {end:,})", "copy or download the file again")
 
 
+@lru_cache(maxsize=32)
+def _zarr_levels(path: str, series: int) -> tuple[Any, ...]:
+    """The zarr arrays of one series' levels (one tifffile store per file and process)."""
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=series)
+    group = zarr.open(store, mode="r")
+    if isinstance(group, zarr.Array):
+        return (group,)
+    return tuple(group[str(i)] for i in range(len(list(group.array_keys()))))
+
+
+
+def _read_block(_template: np.ndarray, path: str, series: int, level: int,
+                select: tuple[Any, ...], order: tuple[int, ...], block_info: Any = None) -> np.ndarray:
+    (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    arr = _zarr_levels(path, series)[level]
+    key = tuple(slice(y0, y1) if s == "y" else slice(x0, x1) if s == "x" else s for s in select)
+    with DecodeGuard(path, level, y0, x0):
+        data = np.asarray(arr[key])
+    data = data.transpose(order) if order else data
+    return data if data.ndim == 3 else data[None]
+
+
+def _layout(axes: str, shape: tuple[int, ...], index: dict[str, int],
+            path: Path) -> tuple[tuple[Any, ...], tuple[int, ...], int]:
+    """How to take ``(c, y, x)`` out of an array with tifffile ``axes``.
+
+    Returns the selection (an index per extra axis, "y"/"x"/slice for the kept
+    ones), the transpose after selecting, and the channel count.
+    """
+    kept, select = [], []
+    channel_axes = [a for a in axes if a in "CS"]
+    if len(channel_axes) == 2:  # e.g. CYXS: RGB planes of several channels -> pick C
+        index = {"C": 0, **index}
+    for axis, n in zip(axes, shape, strict=True):
+        if axis == "Y":
+            select.append("y")
+            kept.append("Y")
+        elif axis == "X":
+            select.append("x")
+            kept.append("X")
+        elif axis in "CS" and axis not in index:
+            select.append(slice(None))
+            kept.append("C")
+        else:
+            i = int(index.get(axis, 0))
+            if not 0 <= i < n:
+                raise InputError(f"{path}: index {axis}={i} is out of range (0..{n - 1})",
+                                 f"give reader_options: {{index: {{{axis}: 0..{n - 1}}}}}")
+            select.append(i)
+    if "Y" not in kept or "X" not in kept:
+        raise InputError(f"{path}: TIFF axes {axes!r} have no y and x", "use a 2-D image")
+    c = next((n for a, n in zip(axes, shape, strict=True) if a in "CS" and a not in index), 1)
+    order = tuple(kept.index(a) for a in ("C", "Y", "X") if a in kept)
+    return tuple(select), order if "C" in kept else (), c
+
+
 class TiffReader:
-    """tifffile reader: tiled or stripped TIFF, pyramids as successive pages or SubIFDs."""
+    """tifffile reader: tiled or stripped TIFF, OME-TIFF, BigTIFF, ImageJ, QPTIFF."""
 
     name = "tiff"
 
@@ -50,51 +162,55 @@ class TiffReader:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
+            page = tif.series[0].levels[0].keyframe
             # Decode one tile/strip: opening alone proves nothing about the codec.
-            if page.is_tiled or page.dataoffsets:
+            if page.dataoffsets and page.databytecounts[0]:
                 fh = tif.filehandle
                 fh.seek(page.dataoffsets[0])
                 data = fh.read(page.databytecounts[0])
                 page.decode(data, 0, jpegtables=page.jpegtables)
             return True
 
-    def open(self, path: Path, mpp: float | None = None, **opts: Any) -> Raster:
+    def open(self, path: Path, mpp: float | None = None, series: int = 0,
+             index: dict[str, int] | None = None, **opts: Any) -> Raster:
         import tifffile
-        import zarr
 
+        index = {k.upper(): v for k, v in (index or {}).items()}
         with tifffile.TiffFile(path) as tif:
-            _check_complete(path, tif)
-            series = tif.series[0]
-            page = series.levels[0].keyframe
-            axes = series.axes
-            level_shapes = [lvl.shape for lvl in series.levels]
-            tile = (page.tilelength, page.tilewidth) if page.is_tiled else None
-            file_mpp = _mpp_from_page(page)
-            description = page.description
-        if axes not in ("YXS", "YX", "CYX", "SYX"):
-            raise InputError(f"{path}: TIFF axes {axes!r} not supported yet",
-                             "use a 2-D RGB or single/multi-channel image")
-        store = tifffile.imread(path, aszarr=True)
-        group = zarr.open(store, mode="r")
+            s = tif.series[series]
+            _check_complete(path, s)
+            page = s.levels[0].keyframe
+            axes = s.axes
+            shapes = [tuple(lvl.shape) for lvl in s.levels]
+            pages = [lvl.keyframe for lvl in s.levels]
+            pixels = _ome_pixels(tif)
+            file_mpp = _ome_mpp(pixels) or _mpp_from_tags(page, tif.imagej_metadata)
+            vendor = _vendor(tif)
+            associated = [x.name for x in tif.series[1:] if x.name and not x.is_pyramidal]
+            description = page.description or ""
+            dtype = np.dtype(s.dtype)
+        select, order, n_channels = _layout(axes, shapes[0], index, path)
         levels = []
-        for i in range(len(level_shapes)):
-            arr = group[str(i)] if isinstance(group, zarr.Group) else group
-            d = da.from_zarr(arr)
-            if axes == "YXS":
-                d = d.transpose(2, 0, 1)
-            elif axes == "YX":
-                d = d[None]
-            if tile:
-                d = d.rechunk((d.shape[0], *[max(t, c[0]) for t, c in zip(tile, d.chunks[1:],
-                                                                       strict=True)]))
-            levels.append(d)
+        for i, (shape, kf) in enumerate(zip(shapes, pages, strict=True)):
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+            check_declared_size(path, kf, h, w, dtype.itemsize * n_channels)
+            if kf.is_tiled:
+                th, tw = kf.tilelength, kf.tilewidth
+            else:
+                rows = kf.rowsperstrip or h
+                th, tw = max(STRIP_BAND, rows) if rows < h else h, w
+            template = da.empty((n_channels, h, w), chunks=(n_channels, min(th, h), min(tw, w)),
+                                dtype=dtype)
+            levels.append(template.map_blocks(_read_block, str(path), series, i, select, order,
+                                              dtype=dtype, meta=np.empty((0, 0, 0), dtype)))
         base = mpp or plausible_mpp(file_mpp, str(path))
         pixel_size = None
         if base:
-            w0 = level_shapes[0][1] if axes in ("YXS", "YX") else level_shapes[0][2]
-            pixel_size = [base * w0 / lvl.shape[2] for lvl in levels]
-        channels = ("R", "G", "B") if axes == "YXS" and levels[0].shape[0] == 3 else ()
-        return Raster(levels=levels, pixel_size=pixel_size, channels=channels,
-                      attrs={"source": str(path), "reader": self.name,
-                             "vendor": "tiff", "description": description or ""})
+            pixel_size = [base * levels[0].shape[2] / lvl.shape[2] for lvl in levels]
+        channels = _ome_channels(pixels)
+        if len(channels) != n_channels:
+            channels = list(("R", "G", "B")) if n_channels == 3 and "S" in axes else []
+        return Raster(levels=levels, pixel_size=pixel_size, channels=tuple(channels),
+                      attrs={"source": str(path), "reader": self.name, "vendor": vendor,
+                             "axes": axes, "associated": associated,
+                             "description": description[:2000]})

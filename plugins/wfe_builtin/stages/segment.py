@@ -21,10 +21,10 @@ from wfe.errors import InputError
 from wfe.grid import BLEND_MODES, WindowGrid
 from wfe.raster import Raster
 from wfe.resample import integer_factor, upsample_linear
+from wfe.resolution import at_resolution
 from wfe.stage import Ref, Stage, StageContext, StageParams
 from wfe.stitch import sliding_window_map
 from wfe_builtin.models.card import card_path, load_card
-from wfe_builtin.stages.read import at_mpp
 
 __all__ = ["SegmentStage"]
 
@@ -37,8 +37,9 @@ class SegmentParams(StageParams):
     min_tissue: float = Field(0.01, ge=0, le=1,
                               description="Skip windows with less masked area than this.")
     scales: list[float] | None = Field(None, min_length=1,
-                                       description="Pixel size (µm) of each pass; fused at the "
-                                                   "first. Default: the model's mpp.")
+                                       description="Pixel size of each pass (µm for slides, "
+                                                   "metres for geodata); fused at the first. "
+                                                   "Default: the model's mpp or gsd.")
     fuse: Literal["mean", "max"] = Field("mean", description="How scales are combined.")
     fuse_weights: list[float] | None = Field(None, description="Weight of each scale in the "
                                                                "mean (normalised).")
@@ -113,7 +114,8 @@ class SegmentStage(Stage):
         paths = p.model_paths(ctx.workflow_dir)
         card = load_card(paths[0])
         source = image.attrs.get("source", "image")
-        scales = p.scales or ([card.mpp] if card.mpp and image.pixel_size else [None])
+        card_size = card.mpp if image.pixel_size is not None else card.gsd
+        scales = p.scales or ([card_size] if card_size and image.resolutions() else [None])
         if len(paths) == 1:
             paths = paths * len(scales)
         models = []
@@ -134,12 +136,12 @@ class SegmentStage(Stage):
         passes = []
         skipped = total = run_windows = 0
         for scale, model in zip(scales, models, strict=True):
-            level = at_mpp(image, scale, f"stage {ctx.stage_id}") if scale else image
+            level = at_resolution(image, scale, f"stage {ctx.stage_id}") if scale else image
             arr = level.levels[0]
             h, w = arr.shape[1:]
             if window > min(h, w):
                 raise InputError(f"{source}: window {window} is larger than the image at "
-                                 f"{scale or level.mpp} µm ({w} × {h} px)",
+                                 f"{_size(level)} ({w} × {h} px)",
                                  "use a smaller window or a finer pixel size")
             keep = None
             if mask is not None:
@@ -160,10 +162,11 @@ class SegmentStage(Stage):
             shape = fused.shape[1:]
             ups = [fused]
             for level, probs in passes[1:]:
-                factor = integer_factor(level.mpp / base_level.mpp) if level.mpp else None
+                res, base_res = level.resolutions(), base_level.resolutions()
+                factor = integer_factor(res[0] / base_res[0]) if res and base_res else None
                 if factor is None:
-                    raise InputError(f"stage {ctx.stage_id}: scale {level.mpp} is not an integer "
-                                     f"multiple of the first scale {base_level.mpp}",
+                    raise InputError(f"stage {ctx.stage_id}: scale {_size(level)} is not an "
+                                     f"integer multiple of the first scale {_size(base_level)}",
                                      "list scales that are integer multiples of the first")
                 ups.append(upsample_linear(probs, factor, shape).rechunk(fused.chunks))
             if p.fuse == "max":
@@ -188,6 +191,11 @@ class SegmentStage(Stage):
         label_raster = base_level.derived([labels], ("labels",), classes=list(card.classes),
                                           colors=colors)
         return {"probabilities": probabilities, "labels": label_raster}
+
+
+def _size(raster: Raster) -> str:
+    res = raster.resolutions()
+    return "its native pixel size" if res is None else f"{res[0]:.4g} {raster.unit}/px"
 
 
 def _store_dtype(probs: da.Array, dtype: str) -> da.Array:

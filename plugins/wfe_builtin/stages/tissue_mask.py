@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import Field
 
 from wfe.raster import Raster
+from wfe.resolution import at_resolution
 from wfe.stage import Ref, Stage, StageContext, StageParams
-from wfe_builtin.stages.read import at_mpp
 
 __all__ = ["TissueMaskStage", "tissue_from_rgb"]
 
@@ -57,7 +57,7 @@ class TissueMaskStage(Stage):
 
     def run(self, ctx: StageContext, *, image: Raster, **_: Any) -> dict[str, Any]:
         p: TissueMaskParams = self.params  # type: ignore[assignment]
-        low = at_mpp(image, p.mpp, f"stage {ctx.stage_id}") if image.pixel_size else \
+        low = at_resolution(image, p.mpp, f"stage {ctx.stage_id}") if image.pixel_size else \
             image.select(len(image.levels) - 1)
         rgb = low.levels[0][:3]
         mpp = low.mpp or 1.0

@@ -1,0 +1,143 @@
+"""Small deterministic files in every format the readers support, and broken ones.
+
+Vendor files are written the way the vendors lay them out (page order,
+ImageDescription, private tags), so OpenSlide itself recognises them; the
+tests then check what OpenSlide, tifffile, rasterio, zarr and Pillow make of them.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+APERIO = "Aperio Image Library v12.0.15 \r\n"
+
+
+def pattern(h: int, w: int, channels: int = 3, dtype: type = np.uint8) -> np.ndarray:
+    """A smooth, non-periodic ``(h, w, channels)`` image (compresses like a real one)."""
+    y, x = np.mgrid[:h, :w].astype(np.float32)
+    planes = [np.sin(x / (23 + 7 * c)) * np.cos(y / (31 + 5 * c)) for c in range(channels)]
+    arr = (np.stack(planes, -1) + 1) / 2
+    top = 255 if dtype == np.uint8 else 4000
+    return (arr * top).astype(dtype)
+
+
+def write_svs(path: Path, compression: str | int = "jpeg", size: tuple[int, int] = (2048, 1536),
+              mpp: float = 0.5) -> np.ndarray:
+    """An Aperio SVS: tiled level 0, thumbnail, a tiled 4× level, label and macro."""
+    h, w = size
+    base = pattern(h, w)
+    kw = {"photometric": "rgb", "metadata": None}
+    props = f"|AppMag = 20|MPP = {mpp}"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(base, tile=(256, 256), compression=compression,
+                  description=f"{APERIO}{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=70{props}", **kw)
+        tif.write(base[::8, ::8].copy(), compression="jpeg",
+                  description=f"{APERIO}{w}x{h} -> {w // 8}x{h // 8} - {props}", **kw)
+        tif.write(base[::4, ::4].copy(), tile=(256, 256), compression=compression,
+                  description=f"{APERIO}{w}x{h} -> {w // 4}x{h // 4} - {props}", **kw)
+        tif.write(pattern(100, 300), compression="lzw", subfiletype=1,
+                  description=f"{APERIO}label 300x100", **kw)
+        tif.write(pattern(200, 400), compression="jpeg", subfiletype=9,
+                  description=f"{APERIO}macro 400x200", **kw)
+    return base
+
+
+def write_ndpi(path: Path, size: tuple[int, int] = (1024, 1536), mpp: float = 0.5) -> np.ndarray:
+    """A Hamamatsu NDPI: one JPEG strip per level, NDPI private tags, a macro image."""
+    base = pattern(*size)
+
+    def tags(magnification: float) -> list[tuple[int, str, int, object, bool]]:
+        return [(65420, "I", 1, 1, True), (65421, "f", 1, magnification, True),
+                (65422, "i", 1, 0, True), (65423, "i", 1, 0, True), (65424, "i", 1, 0, True)]
+
+    with tifffile.TiffWriter(path) as tif:
+        for k in (1, 4):
+            a = base[::k, ::k].copy()
+            res = 10_000 / (mpp * k)
+            tif.write(a, photometric="rgb", compression="jpeg", rowsperstrip=a.shape[0],
+                      resolution=(res, res), resolutionunit="CENTIMETER", metadata=None,
+                      extratags=tags(20.0), subsampling=(1, 1))
+        tif.write(pattern(200, 400), photometric="rgb", compression="jpeg", rowsperstrip=200,
+                  metadata=None, extratags=tags(-1.0), subsampling=(1, 1))
+    return base
+
+
+def write_ome_tiff(path: Path, size: tuple[int, int] = (1024, 768)) -> np.ndarray:
+    """Multi-channel uint16 fluorescence OME-TIFF, pyramid in SubIFDs, names and pixel size."""
+    data = pattern(*size, channels=3, dtype=np.uint16).transpose(2, 0, 1).copy()
+    meta = {"axes": "CYX", "Channel": {"Name": ["DAPI", "FITC", "TRITC"]},
+            "PhysicalSizeX": 0.325, "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": 0.325, "PhysicalSizeYUnit": "µm"}
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(data, subifds=2, tile=(256, 256), compression="zlib", metadata=meta,
+                  photometric="minisblack")
+        for k in (2, 4):
+            tif.write(data[:, ::k, ::k].copy(), subfiletype=1, tile=(256, 256),
+                      compression="zlib", photometric="minisblack")
+    return data
+
+
+def write_imagej(path: Path, size: tuple[int, int] = (300, 400)) -> np.ndarray:
+    """An ImageJ hyperstack Z × C × Y × X (uint16) with a pixel size in microns."""
+    data = np.stack([pattern(*size, channels=2, dtype=np.uint16).transpose(2, 0, 1) + z
+                     for z in range(3)]).astype(np.uint16)
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"axes": "ZCYX", "unit": "um"})
+    return data
+
+
+def write_geotiff_without_crs(path: Path) -> None:
+    """A GeoTIFF with a geotransform but no CRS."""
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8",
+                       transform=Affine(10, 0, 500000, 0, -10, 5000000)) as dst:
+        dst.write(np.full((1, 64, 64), 7, np.uint8))
+
+
+def write_tiled_jpeg(path: Path, size: tuple[int, int] = (1024, 1024)) -> np.ndarray:
+    """A plain tiled JPEG TIFF (one level) with a pixel size."""
+    base = pattern(*size)
+    tifffile.imwrite(path, base, tile=(256, 256), photometric="rgb", compression="jpeg",
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    return base
+
+
+def corrupt_tile(path: Path, index: int) -> None:
+    """Overwrite the middle of tile ``index`` of the first page with garbage."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+    with open(path, "r+b") as fh:
+        fh.seek(offset + count // 3)
+        fh.write(bytes(range(256)) * max(1, count // 768))
+
+
+def _patch_tag(path: Path, code: int, value: int) -> None:
+    """Set a SHORT/LONG tag of the first page in place (classic TIFF only)."""
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages.first.tags[code]
+        offset, dtype = tag.valueoffset, tag.dtype
+    fmt = "<H" if dtype == 3 else "<I"
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(struct.pack(fmt, value))
+
+
+def set_compression(path: Path, code: int) -> None:
+    """Claim a compression scheme the file was not written with."""
+    _patch_tag(path, 259, code)
+
+
+def write_huge_declared(path: Path) -> None:
+    """A few kilobytes of TIFF whose header declares 1,000,000 × 1,000,000 pixels."""
+    tifffile.imwrite(path, pattern(64, 64), photometric="rgb", compression="zlib",
+                     rowsperstrip=64)
+    _patch_tag(path, 256, 1_000_000)  # ImageWidth
+    _patch_tag(path, 257, 1_000_000)  # ImageLength
+    _patch_tag(path, 278, 1_000_000)  # RowsPerStrip
