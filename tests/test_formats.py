@@ -37,7 +37,8 @@ def test_aperio_svs(tmp_path, registry, compression):
     assert np.abs(_rgb(raster) - base).mean() < 3
     # tifffile reads the same file (and the JPEG 2000 tiles) to the same pixels.
     other = open_image(path, registry, reader="tiff")
-    assert other.attrs["vendor"] == "svs" and other.pixel_size is None or True
+    assert other.attrs["vendor"] == "svs" and other.mpp == pytest.approx(0.5)
+    assert other.attrs["associated"] == ["Thumbnail", "Label", "Macro"]
     assert np.abs(_rgb(other) - _rgb(raster)).max() <= 2
 
 

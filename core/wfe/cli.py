@@ -169,24 +169,44 @@ def info(image: Annotated[Path, typer.Argument(help="An image file or folder.")]
         raster = open_image(image, _registry())
     except WfeError as exc:
         _fail(exc, EXIT_FAILED_INPUTS, debug)
-    levels = [{"level": i, "shape": list(lvl.shape), "chunks": [c[0] for c in lvl.chunks],
-               "downsample": round(d, 3),
-               "mpp": None if raster.pixel_size is None else raster.pixel_size[i]}
-              for i, (lvl, d) in enumerate(zip(raster.levels, raster.downsamples(), strict=True))]
-    data = {"path": str(image), "reader": raster.attrs.get("reader"), "dtype": str(raster.dtype),
-            "channels": list(raster.channels), "crs": raster.crs, "levels": levels,
-            "vendor": raster.attrs.get("vendor")}
+    data = describe(image, raster)
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2, default=str))
         return
-    table = Table("level", "c × y × x", "chunks", "downsample", "µm/px",
-                  title=f"{image} ({data['reader']}, {data['dtype']}, "
-                        f"channels {', '.join(data['channels'])})")
-    for lv in levels:
+    unit = data["unit"] or "px"
+    geometry = data["crs"] or (f"{data['levels'][0]['pixel_size']:.4g} {unit}/px"
+                               if data["unit"] else "no pixel size")
+    table = Table("level", "c × y × x", "chunks", "downsample", f"{unit}/px",
+                  title=f"{image}\n{data['reader']} · {data['vendor'] or '-'} · {data['dtype']} · "
+                        f"{geometry}")
+    for lv in data["levels"]:
         table.add_row(str(lv["level"]), " × ".join(map(str, lv["shape"])),
-                      " × ".join(map(str, lv["chunks"])), str(lv["downsample"]),
-                      "-" if lv["mpp"] is None else f"{lv['mpp']:.4g}")
+                      " × ".join(map(str, lv["chunks"])), f"{lv['downsample']:g}",
+                      "-" if lv["pixel_size"] is None else f"{lv['pixel_size']:.4g}")
     out.print(table)
+    facts = {"channels": ", ".join(data["channels"]),
+             "crs": data["crs"], "ground sample distance":
+                 f"{data['levels'][0]['pixel_size']:.4g} {unit}" if data["crs"] else None,
+             "nodata": data.get("nodata"), "objective power": data.get("objective_power"),
+             "associated images": ", ".join(data["associated"]) or None}
+    for key, value in facts.items():
+        if value is not None:
+            out.print(f"{key}: {value}")
+
+
+def describe(path: Path, raster: Any) -> dict[str, Any]:
+    """What ``wfe info`` shows of an opened image, as plain data."""
+    res = raster.resolutions()
+    levels = [{"level": i, "shape": list(lvl.shape), "chunks": [c[0] for c in lvl.chunks],
+               "downsample": round(d, 3), "pixel_size": None if res is None else round(res[i], 6)}
+              for i, (lvl, d) in enumerate(zip(raster.levels, raster.downsamples(), strict=True))]
+    keep = ("nodata", "objective_power", "associated_sizes", "axes", "overviews")
+    return {"path": str(path), "reader": raster.attrs.get("reader"),
+            "vendor": raster.attrs.get("vendor"), "dtype": str(raster.dtype),
+            "channels": list(raster.channels), "unit": raster.unit, "crs": raster.crs,
+            "transform": None if raster.transform is None else list(raster.transform),
+            "levels": levels, "associated": list(raster.attrs.get("associated", [])),
+            **{k: raster.attrs[k] for k in keep if k in raster.attrs}}
 
 
 def _add_plugin_commands() -> None:

@@ -8,6 +8,7 @@ become the raster's ``valid`` masks; the CRS and affine transform are kept.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,13 @@ class GeoTiffReader:
 
     def probe(self, path: Path) -> bool:
         import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
         from rasterio.windows import Window
 
-        with rasterio.open(path) as src:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
             if not _is_georeferenced(src):
                 return False  # a plain TIFF: the tifffile reader keeps its pixel size
             src.read(1, window=Window(0, 0, 1, 1))  # decode one block, not only open

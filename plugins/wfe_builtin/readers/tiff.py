@@ -73,6 +73,20 @@ def _ome_mpp(pixels: dict[str, Any]) -> float | None:
     return float(size) * _OME_UNIT_TO_UM.get(str(pixels.get("PhysicalSizeXUnit", "µm")), 1.0)
 
 
+def _svs_mpp(page: Any) -> float | None:
+    """``MPP = 0.25`` from an Aperio ImageDescription (``key = value`` fields after ``|``)."""
+    if not page.is_svs:
+        return None
+    for field in (page.description or "").split("|")[1:]:
+        key, _, value = field.partition("=")
+        if key.strip() == "MPP":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
 def _vendor(tif: Any) -> str:
     page = tif.pages.first
     for flag in _FLAGS:
@@ -184,7 +198,8 @@ class TiffReader:
             shapes = [tuple(lvl.shape) for lvl in s.levels]
             pages = [lvl.keyframe for lvl in s.levels]
             pixels = _ome_pixels(tif)
-            file_mpp = _ome_mpp(pixels) or _mpp_from_tags(page, tif.imagej_metadata)
+            file_mpp = (_ome_mpp(pixels) or _svs_mpp(page)
+                        or _mpp_from_tags(page, tif.imagej_metadata))
             vendor = _vendor(tif)
             associated = [x.name for x in tif.series[1:] if x.name and not x.is_pyramidal]
             description = page.description or ""
