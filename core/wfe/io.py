@@ -26,7 +26,9 @@ def open_image(path: Path, registry: Registry, reader: str | None = None, **opts
 
     Readers are probed in priority order; a probe decodes a little, so a file a
     library opens but cannot decode is refused there. If an accepting reader then
-    fails to open the file, the next accepting reader is tried. Raises
+    fails to open the file, the next accepting reader is tried. A probe raises
+    :class:`~wfe.errors.WfeError` itself only when it knows the format and the
+    file is unusable (e.g. its header declares more pixels than it holds). Raises
     :class:`InputError` (one line, naming the file) when the file is missing, no
     reader accepts it, or every accepting reader fails.
     """
@@ -41,6 +43,8 @@ def open_image(path: Path, registry: Registry, reader: str | None = None, **opts
         impl = spec.load()()
         try:
             accepted = reader is not None or impl.probe(path)
+        except WfeError:
+            raise  # the reader knows the format and found the file unusable
         except Exception as exc:  # noqa: BLE001 - a probe that breaks means "not mine"
             refused.append(f"{spec.name}: {_reason(exc)}")
             continue
@@ -57,6 +61,6 @@ def open_image(path: Path, registry: Registry, reader: str | None = None, **opts
         name, exc = failed[0]
         raise InputError(f"{path}: reader {name!r} cannot open it ({_reason(exc)})",
                          "check that the file is complete and not corrupt") from exc
-    detail = "; ".join(refused)
+    detail = "; ".join(sorted(refused, key=lambda r: ":" not in r))  # reasons first
     raise InputError(f"{path}: not an image any installed reader accepts ({detail})",
                      "check that the file is a complete image, or install a reader plugin for it")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,13 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
         t = time.perf_counter()
         try:
             outputs = node.build().run(ctx, **inputs)
-        except WfeError as exc:
-            if not exc.message.startswith(("stage ", str(input_path))):
+        except BaseException as exc:
+            # A stage may compute something small (a mask) while building; outputs that
+            # earlier stages already started must not be left behind.
+            for sink in ctx.sinks:
+                sink.abort()
+            if isinstance(exc, WfeError) and not exc.message.startswith(("stage ",
+                                                                          str(input_path))):
                 exc.message = f"stage {node.id}: {exc.message}"
             raise
         timings[f"build:{node.id}"] = round(time.perf_counter() - t, 4)
@@ -50,9 +57,12 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     ctx.stage_id = ""
     work = [w for sink in ctx.sinks for w in sink.work]
     t = time.perf_counter()
+    # A pool of our own, so that after a failure we can wait for the chunks still
+    # being written before removing the partial outputs they write into.
+    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
         with ExitStack() as stack:
-            stack.enter_context(dask.config.set(scheduler="threads", num_workers=workers))
+            stack.enter_context(dask.config.set(scheduler="threads", pool=pool))
             for callback in callbacks:
                 stack.enter_context(callback)
             # One graph, unoptimised: optimising arrays and delayed values separately
@@ -60,9 +70,12 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
             # labels and the overlay) would then run twice.
             dask.compute(*work, optimize_graph=False)
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
         for sink in ctx.sinks:
             sink.abort()
         raise
+    finally:
+        pool.shutdown(wait=True)
     timings["compute"] = round(time.perf_counter() - t, 4)
     for sink in ctx.sinks:
         sink.finalize()

@@ -22,6 +22,8 @@ def wfe_stages() -> list[StageSpec]:
     return [
         StageSpec("read", "wfe_builtin.stages.read:ReadStage",
                   "open the input image at the pixel size asked for"),
+        StageSpec("tile", "wfe_builtin.stages.tile:TileStage",
+                  "store an image as chunked OME-Zarr (pyramid, codec, shards) and pass it on"),
         StageSpec("tissue_mask", "wfe_builtin.stages.tissue_mask:TissueMaskStage",
                   "find tissue on a low-resolution level (Otsu on saturation)"),
         StageSpec("segment", "wfe_builtin.stages.segment:SegmentStage",

@@ -177,12 +177,22 @@ class TiffReader:
 
         with tifffile.TiffFile(path) as tif:
             page = tif.series[0].levels[0].keyframe
+            try:
+                codec = tifffile.COMPRESSION(page.compression).name
+            except ValueError:
+                raise ValueError(f"unsupported TIFF compression {page.compression}") from None
+            h, w = page.imagelength, page.imagewidth
+            check_declared_size(path, page, h, w, page.samplesperpixel * page.dtype.itemsize)
             # Decode one tile/strip: opening alone proves nothing about the codec.
             if page.dataoffsets and page.databytecounts[0]:
                 fh = tif.filehandle
                 fh.seek(page.dataoffsets[0])
                 data = fh.read(page.databytecounts[0])
-                page.decode(data, 0, jpegtables=page.jpegtables)
+                try:
+                    page.decode(data, 0, jpegtables=page.jpegtables)
+                except Exception as exc:
+                    raise ValueError(f"cannot decode its {codec} ({int(page.compression)}) "
+                                     f"data: {exc}") from exc
             return True
 
     def open(self, path: Path, mpp: float | None = None, series: int = 0,

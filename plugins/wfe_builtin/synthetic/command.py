@@ -1,4 +1,4 @@
-"""``wfe sample``: write a synthetic slide."""
+"""``wfe sample``: write a synthetic slide, or a synthetic satellite scene."""
 
 from __future__ import annotations
 
@@ -9,15 +9,26 @@ import typer
 
 
 def sample(
-    path: Annotated[Path, typer.Argument(help="Where to write the slide (.tiff).")],
-    width: Annotated[int, typer.Option(help="Level-0 width in pixels.")] = 6144,
-    height: Annotated[int, typer.Option(help="Level-0 height in pixels.")] = 4096,
-    mpp: Annotated[float, typer.Option(help="Level-0 pixel size in µm.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Same seed, same slide.")] = 0,
+    path: Annotated[Path, typer.Argument(help="Where to write it (.tiff / .tif).")],
+    width: Annotated[int | None, typer.Option(help="Level-0 width in pixels.")] = None,
+    height: Annotated[int | None, typer.Option(help="Level-0 height in pixels.")] = None,
+    mpp: Annotated[float, typer.Option(help="Level-0 pixel size of a slide in µm.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Same seed, same image.")] = 0,
+    scene: Annotated[bool, typer.Option("--scene", help="A 4-band GeoTIFF scene (10 m, UTM "
+                                                        "33N) instead of a slide.")] = False,
+    cog: Annotated[bool, typer.Option("--cog", help="With --scene: a Cloud-Optimised "
+                                                    "GeoTIFF.")] = False,
 ) -> None:
-    """Write a deterministic synthetic H&E-like slide (pyramidal tiled JPEG TIFF)."""
+    """Write a deterministic synthetic H&E-like slide (pyramidal tiled JPEG TIFF) or scene."""
+    if scene:
+        from wfe_builtin.synthetic.scene import SyntheticScene, write_scene
+
+        w, h = width or 2048, height or 2048
+        write_scene(path, SyntheticScene(w, h, seed=seed), cog=cog)
+        typer.echo(f"wrote {path} ({w} × {h} px at 10 m, EPSG:32633, 4 bands, seed {seed})")
+        return
     from wfe_builtin.synthetic.slide import SyntheticSlide, write_slide
 
-    slide = SyntheticSlide(width, height, mpp=mpp, seed=seed)
-    write_slide(slide, path)
-    typer.echo(f"wrote {path} ({width} × {height} px at {mpp} µm/px, seed {seed})")
+    w, h = width or 6144, height or 4096
+    write_slide(SyntheticSlide(w, h, mpp=mpp, seed=seed), path)
+    typer.echo(f"wrote {path} ({w} × {h} px at {mpp} µm/px, seed {seed})")

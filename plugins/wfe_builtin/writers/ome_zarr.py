@@ -1,18 +1,42 @@
-"""OME-Zarr (NGFF) multiscale images, written chunk by chunk with ome-zarr-py."""
+"""OME-Zarr (NGFF 0.5, Zarr v3) multiscale images, written chunk by chunk with ome-zarr-py.
+
+Each level's transforms put its pixel centres on level 0's (``scale`` plus the
+half-pixel ``translation`` of a factor-2 reduction), so napari and other NGFF
+viewers overlay the levels, and labels written from the same source, exactly.
+The pixel size is in micrometres for slides; for geodata the CRS, the affine
+transform and the unit go into ``attrs["wfe"]`` (NGFF has no CRS yet), and
+wfe's zarr reader gives the same geometry back.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe.resample import downsample
 from wfe.sink import Sink, TemporaryOutput
 
-__all__ = ["OmeZarrWriter"]
-
+__all__ = ["COMPRESSORS", "OmeZarrWriter", "codecs", "pyramid", "pyramid_raster"]
 
 MIN_CHUNK = 256
+COMPRESSORS = ("zstd", "blosc-lz4", "none")
+_UNIT_NAMES = {"µm": "micrometer", "m": "meter", "ft": "foot"}
+
+
+def codecs(compressor: str, level: int | None) -> list[Any]:
+    """Zarr v3 bytes-to-bytes codecs for a compressor name."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if compressor == "zstd":
+        return [ZstdCodec(level=3 if level is None else level)]
+    if compressor == "blosc-lz4":
+        return [BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="shuffle")]
+    if compressor == "none":
+        return []
+    raise WfeError(f"unknown compressor {compressor!r}", f"use one of {', '.join(COMPRESSORS)}")
 
 
 def pyramid(raster: Raster, chunk: int | None, labels: bool) -> list[Any]:
@@ -31,38 +55,84 @@ def pyramid(raster: Raster, chunk: int | None, labels: bool) -> list[Any]:
     while max(levels[-1].shape[1:]) > max(levels[-1].chunks[1][0], levels[-1].chunks[2][0]):
         nxt = downsample(levels[-1], 2, "nearest" if labels else "mean")
         size = max(MIN_CHUNK, min(c[0] for c in nxt.chunks[1:]))
+        if chunk is not None:
+            size = chunk
         levels.append(nxt.rechunk((raster.shape[0], size, size)))
     return levels
 
 
+def is_label_image(raster: Raster) -> bool:
+    return "classes" in raster.attrs and raster.shape[0] == 1
+
+
+def pyramid_raster(raster: Raster, chunk: int | None) -> Raster:
+    """``raster`` with the factor-2 pyramid the writer stores (same geometry at level 0)."""
+    levels = pyramid(raster, chunk, is_label_image(raster))
+    pixel_size = None
+    if raster.pixel_size is not None:
+        pixel_size = [float(raster.pixel_size[0]) * 2**i for i in range(len(levels))]
+    valid = None
+    if raster.valid is not None:
+        valid = [raster.valid[0].rechunk((1, *levels[0].chunksize[1:]))]
+        for lvl in levels[1:]:
+            valid.append(downsample(valid[-1], 2, "nearest").rechunk((1, *lvl.chunksize[1:])))
+    return replace(raster, levels=levels, pixel_size=pixel_size, valid=valid)
+
+
 class OmeZarrWriter:
-    """Writes a Raster as an OME-Zarr image with a multiscale pyramid and its pixel size."""
+    """Writes a Raster as an OME-Zarr image with a multiscale pyramid and its geometry."""
 
     name = "ome-zarr"
 
     def write(self, raster: Raster, path: Path, *, overwrite: bool = False,
-              chunk: int | None = None, **_: Any) -> Sink:
+              chunk: int | None = None, compressor: Literal["zstd", "blosc-lz4", "none"] = "zstd",
+              compression_level: int | None = None, shard: int | None = None,
+              is_pyramid: bool = False, **_: Any) -> Sink:
+        """Write ``raster``; ``is_pyramid`` says its levels already are the factor-2 pyramid
+        (as :func:`pyramid_raster` makes them) and are to be stored as they are."""
         import zarr
         from ome_zarr.writer import write_multiscale
 
-        labels = "classes" in raster.attrs and raster.shape[0] == 1
-        levels = pyramid(raster, chunk, labels)
-        factors = [2.0**i for i in range(len(levels))]
+        levels = list(raster.levels) if is_pyramid else pyramid(raster, chunk,
+                                                                is_label_image(raster))
+        if shard is not None:
+            size = chunk or levels[0].chunks[1][0]
+            if shard % size:
+                raise WfeError(f"shard {shard} is not a multiple of the chunk size {size}",
+                               f"use shard: {size * max(1, round(shard / size))}")
+        factors = [levels[0].shape[2] / lvl.shape[2] for lvl in levels]
         temp = TemporaryOutput(path, overwrite)
         group = zarr.open_group(str(temp.temp), mode="w")
-        unit = "micrometer" if raster.pixel_size is not None else None
+        res = raster.resolutions()
+        unit = _UNIT_NAMES.get(raster.unit or "", None)
         axes = [{"name": "c", "type": "channel"},
                 {"name": "y", "type": "space", **({"unit": unit} if unit else {})},
                 {"name": "x", "type": "space", **({"unit": unit} if unit else {})}]
-        base = float(raster.pixel_size[0]) if raster.pixel_size is not None else 1.0
-        transforms = [[{"type": "scale", "scale": [1.0, base * f, base * f]}] for f in factors]
+        base = res[0] if res else 1.0
+        transforms = [[{"type": "scale", "scale": [1.0, base * f, base * f]},
+                       {"type": "translation",
+                        "translation": [0.0, base * (f - 1) / 2, base * (f - 1) / 2]}]
+                      for f in factors]
+        storage = []
+        nominal = chunk or levels[0].chunks[1][0]
+        for i, lvl in enumerate(levels):
+            # The nominal chunk, even where a level is smaller: shards must be multiples of it.
+            size = nominal if shard is not None else lvl.chunks[1][0]
+            opts: dict[str, Any] = {"chunks": (lvl.shape[0], size, size)}
+            if i == 0:
+                opts["compressor"] = codecs(compressor, compression_level)
+            if shard is not None:
+                opts["shards"] = (lvl.shape[0], shard, shard)
+            storage.append(opts)
         work = write_multiscale(levels, group, axes=axes, coordinate_transformations=transforms,
-                                storage_options=[{"chunks": lvl.chunksize} for lvl in levels],
+                                storage_options=storage,
                                 name=Path(raster.attrs.get("source", "image")).name,
                                 compute=False)
         group.attrs["wfe"] = {
             "channels": list(raster.channels),
-            **{k: raster.attrs[k] for k in ("classes", "colors", "source") if k in raster.attrs},
-            **({"crs": raster.crs, "transform": list(raster.transform)} if raster.crs else {}),
+            **{k: raster.attrs[k] for k in ("classes", "colors", "source", "crs_unit")
+               if k in raster.attrs},
+            **({"crs": raster.crs} if raster.crs else {}),
+            **({"transform": list(raster.transform)} if raster.transform else {}),
         }
         return Sink(path=path, work=list(work), finalize=temp.commit, abort=temp.discard)

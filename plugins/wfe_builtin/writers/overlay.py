@@ -33,14 +33,42 @@ def _strided(arr: Any, max_size: int) -> Any:
     return arr[:, ::step, ::step].rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
-def _compose(labels: np.ndarray, image: np.ndarray | None, classes: list[str],
+_RGB_NAMES = (("r", "red"), ("g", "green"), ("b", "blue"))
+
+
+def display_bands(channels: list[str]) -> list[int]:
+    """Which channels to show as red, green, blue: named ones, else the first three (or one)."""
+    lower = [c.lower() for c in channels]
+    picked = [next((lower.index(n) for n in names if n in lower), -1) for names in _RGB_NAMES]
+    if min(picked) >= 0:
+        return picked
+    return [0, 1, 2] if len(channels) >= 3 else [0, 0, 0]
+
+
+def to_display(image: np.ndarray, bands: list[int]) -> np.ndarray:
+    """``(3, y, x)`` uint8 for a picture: uint8 as is, anything else stretched 2-98 %."""
+    rgb = image[bands]
+    if rgb.dtype == np.uint8:
+        return rgb
+    x = rgb.astype(np.float32)
+    out = np.zeros(x.shape, np.uint8)
+    for i, band in enumerate(x):
+        ok = np.isfinite(band) & (band != 0)
+        if not ok.any():
+            continue
+        lo, hi = np.percentile(band[ok], (2, 98))
+        out[i] = np.clip((band - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def _compose(labels: np.ndarray, image: np.ndarray | None, bands: list[int], classes: list[str],
              colors: list[str], alpha: float, temp: Path, fmt: str) -> None:
     from PIL import Image, ImageDraw
 
     lab = labels[0]
     h, w = lab.shape
     if image is not None:
-        base = Image.fromarray(np.moveaxis(image[:3], 0, -1).astype(np.uint8)).resize((w, h))
+        base = Image.fromarray(np.moveaxis(to_display(image, bands), 0, -1)).resize((w, h))
         rgb = np.asarray(base, dtype=np.float32)
     else:
         rgb = np.full((h, w, 3), 255, np.float32)
@@ -73,10 +101,11 @@ class OverlayWriter:
             raise WfeError(f"{path}: {len(classes)} classes but only {len(colors)} colours",
                            "give one colour per class in the model card")
         labels = _strided(raster.levels[0], max_size)
-        image = None
+        image, bands = None, [0, 1, 2]
         if background is not None:
+            bands = display_bands(list(background.channels))
             image = _strided(background.levels[background.thumbnail_level(max_size)], max_size)
         temp = TemporaryOutput(path, overwrite)
         fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-        work = dask.delayed(_compose)(labels, image, classes, colors, alpha, temp.temp, fmt)
+        work = dask.delayed(_compose)(labels, image, bands, classes, colors, alpha, temp.temp, fmt)
         return Sink(path=path, work=[work], finalize=temp.commit, abort=temp.discard)
