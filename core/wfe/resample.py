@@ -34,10 +34,22 @@ def downsample(arr: da.Array, k: int, method: str = "mean") -> da.Array:
         arr = da.pad(arr, ((0, 0), (0, ph), (0, pw)), mode="edge")
     cy, cx = (max(k, c[0] // k * k) for c in arr.chunks[1:])
     arr = arr.rechunk((-1, cy, cx))
-    out = da.coarsen(np.mean, arr, {1: k, 2: k})
     if arr.dtype.kind in "ui":
-        out = da.round(out).astype(arr.dtype)
-    return out
+        # Integer sums (exact, and several times faster than a float64 mean), rounded half up.
+        chunks = (arr.chunks[0], tuple(c // k for c in arr.chunks[1]),
+                  tuple(c // k for c in arr.chunks[2]))
+        return arr.map_blocks(_integer_mean, k, chunks=chunks, dtype=arr.dtype)
+    return da.coarsen(np.mean, arr, {1: k, 2: k})
+
+
+def _integer_mean(block: np.ndarray, k: int) -> np.ndarray:
+    """Mean of each k × k cell of an integer block, rounded half up; exact, in integers."""
+    wide = np.uint32 if block.dtype.kind == "u" and block.dtype.itemsize <= 2 else np.int64
+    total = np.zeros((block.shape[0], block.shape[1] // k, block.shape[2] // k), wide)
+    for dy in range(k):
+        for dx in range(k):
+            total += block[:, dy::k, dx::k]
+    return ((total + (k * k) // 2) // (k * k)).astype(block.dtype)
 
 
 def _bilinear_block(block: np.ndarray, k: int) -> np.ndarray:
