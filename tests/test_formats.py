@@ -62,7 +62,7 @@ def test_ome_tiff_subifd_pyramid_uint16_channels(tmp_path, registry):
     assert raster.pixel_size == pytest.approx([0.325, 0.65, 1.3])
     assert np.array_equal(raster.levels[0].compute(), data)
     assert np.array_equal(raster.levels[1].compute(), data[:, ::2, ::2])
-    assert raster.levels[0].chunks[1][0] == 256
+    assert raster.levels[0].chunks[1][0] == 512  # 2 × 2 native 256-px tiles
 
 
 def test_bigtiff_and_stripped_tiff(tmp_path, registry):

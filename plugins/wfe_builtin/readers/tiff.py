@@ -10,6 +10,7 @@ index (``index: {Z: 3}`` in the reader options; 0 by default).
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ __all__ = ["TiffReader"]
 _UNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # INCH, CENTIMETER -> µm
 _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _FLAGS = ("svs", "ndpi", "ome", "qpi", "imagej", "philips", "scn", "bif", "geotiff")
-#: Stripped images are read in bands of at least this many rows.
-STRIP_BAND = 512
+#: Chunks are whole tiles (or bands of strips) at least this many pixels on a side.
+MIN_CHUNK = 512
 
 # tifffile logs damaged structures itself; wfe reports them as one error line instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -122,6 +123,54 @@ def _zarr_levels(path: str, series: int) -> tuple[Any, ...]:
 
 
 
+@lru_cache(maxsize=32)
+def _pages(path: str, series: int) -> tuple[Any, ...]:
+    """Level-0..n pages of one series, from a TiffFile kept open per file and process."""
+    import tifffile
+
+    tif = tifffile.TiffFile(path)
+    return tuple(lvl.pages[0] for lvl in tif.series[series].levels)
+
+
+@lru_cache(maxsize=32)
+def _fd(path: str) -> int:
+    """A read-only descriptor for ``os.pread`` (positioned reads are safe across threads)."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+
+def _decode_region(_template: np.ndarray, path: str, series: int, level: int,
+                   block_info: Any = None) -> np.ndarray:
+    """Decode the tiles (or strips) under one chunk with tifffile, straight from the file.
+
+    Used for levels stored in one page (whole-slide pyramids): it skips a store
+    layer that costs several times the decoding itself per tile.
+    """
+    (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    page = _pages(path, series)[level]
+    planes, _, height, width, contig = page.shaped
+    th, tw = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip or height,
+                                                                     width)
+    rows, cols = -(-height // th), -(-width // tw)
+    out = np.empty((planes * contig, y1 - y0, x1 - x0), page.dtype)
+    fd = _fd(path)
+    with DecodeGuard(path, level, y0, x0):
+        for plane in range(planes):
+            for ty in range(y0 // th, -(-y1 // th)):
+                for tx in range(x0 // tw, -(-x1 // tw)):
+                    index = (plane * rows + ty) * cols + tx
+                    offset, count = page.dataoffsets[index], page.databytecounts[index]
+                    data = os.pread(fd, count, offset) if count else None
+                    segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+                    tile = segment[0].transpose(2, 0, 1)  # (samples, y, x)
+                    sy, sx = ty * th, tx * tw
+                    ys = slice(max(y0, sy), min(y1, sy + th))
+                    xs = slice(max(x0, sx), min(x1, sx + tw))
+                    part = tile[:, ys.start - sy:ys.stop - sy, xs.start - sx:xs.stop - sx]
+                    c = slice(plane * contig, plane * contig + part.shape[0])
+                    out[c, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = part
+    return out
+
+
 def _read_block(_template: np.ndarray, path: str, series: int, level: int,
                 select: tuple[Any, ...], order: tuple[int, ...], block_info: Any = None) -> np.ndarray:
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
@@ -207,6 +256,7 @@ class TiffReader:
             axes = s.axes
             shapes = [tuple(lvl.shape) for lvl in s.levels]
             pages = [lvl.keyframe for lvl in s.levels]
+            single_page = [len(lvl.pages) == 1 for lvl in s.levels]
             pixels = _ome_pixels(tif)
             file_mpp = (_ome_mpp(pixels) or _svs_mpp(page)
                         or _mpp_from_tags(page, tif.imagej_metadata))
@@ -221,13 +271,19 @@ class TiffReader:
             check_declared_size(path, kf, h, w, dtype.itemsize * n_channels)
             if kf.is_tiled:
                 th, tw = kf.tilelength, kf.tilewidth
+                th, tw = th * max(1, MIN_CHUNK // th), tw * max(1, MIN_CHUNK // tw)
             else:
                 rows = kf.rowsperstrip or h
-                th, tw = max(STRIP_BAND, rows) if rows < h else h, w
+                th, tw = (rows * max(1, MIN_CHUNK // rows) if rows < h else h), w
             template = da.empty((n_channels, h, w), chunks=(n_channels, min(th, h), min(tw, w)),
                                 dtype=dtype)
-            levels.append(template.map_blocks(_read_block, str(path), series, i, select, order,
-                                              dtype=dtype, meta=np.empty((0, 0, 0), dtype)))
+            meta = np.empty((0, 0, 0), dtype)
+            if single_page[i] and axes in ("YXS", "YX", "SYX"):
+                levels.append(template.map_blocks(_decode_region, str(path), series, i,
+                                                  dtype=dtype, meta=meta))
+            else:
+                levels.append(template.map_blocks(_read_block, str(path), series, i, select,
+                                                  order, dtype=dtype, meta=meta))
         base = mpp or plausible_mpp(file_mpp, str(path))
         pixel_size = None
         if base:

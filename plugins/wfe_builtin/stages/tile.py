@@ -24,7 +24,7 @@ class TileParams(StageParams):
     chunk: int = Field(512, ge=16, description="Chunk size in pixels (y and x).")
     compressor: Literal["zstd", "blosc-lz4", "none"] = Field("zstd", description="Codec.")
     compression_level: int | None = Field(None, ge=0, le=22,
-                                          description="Codec level; default: zstd 3, lz4 5.")
+                                          description="Codec level; default: zstd 1, lz4 5.")
     shard: int | None = Field(None, gt=0, description="Zarr v3 shard size in pixels (a "
                                                       "multiple of chunk); one file per shard.")
     overwrite: bool = Field(False, description="Replace an existing store.")
