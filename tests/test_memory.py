@@ -14,3 +14,15 @@ def test_peak_memory_is_flat_from_1x_to_4x_area(tmp_path):
     growth = large / small - 1
     print(f"peak RSS: 1x {small:.0f} MiB, 4x {large:.0f} MiB, growth {growth:.1%}")
     assert growth < 0.15, (small, large)
+
+
+def test_tiling_memory_is_flat_from_1x_to_4x_area(tmp_path):
+    from tests.benchmarks.tiling import tile_run, write_large_slide
+
+    peaks = []
+    for side in (3000, 6000):
+        slide = write_large_slide(tmp_path / f"s{side}.tiff", side)
+        peaks.append(tile_run(tmp_path, slide, workers=2)[2])
+    growth = peaks[1] / peaks[0] - 1
+    print(f"tiling peak RSS: 1x {peaks[0]:.0f} MiB, 4x {peaks[1]:.0f} MiB, growth {growth:.1%}")
+    assert growth < 0.15, peaks

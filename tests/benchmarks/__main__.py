@@ -1,5 +1,8 @@
 """``make bench``: figures measured side by side in one run, printed as a table.
 
+Tiling: a 40,000² JPEG slide to OME-Zarr against only decoding its tiles, and
+peak RSS of tiling at 1×, 4×, 16× the area (tests/benchmarks/tiling.py).
+
 Throughput: ``wfe run`` (read → [tissue mask] → segment → write OME-Zarr [+ overlay])
 against the model alone on the *same windows* of the same image (real pixels,
 already in memory, same batch size), for the demo (mask on) and a larger slide
@@ -124,6 +127,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tests.benchmarks.tiling import tiling, tiling_memory
+
     console = Console()
     console.print(f"machine: {_machine()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,6 +138,8 @@ def main() -> None:
         rows = throughput(work, "demo", (6144, 4096), 7, ROOT / "workflows/demo.yaml")
         rows += throughput(work, "large", (8192, 8192), 5, no_mask)
         rows += memory(work)
+        rows += tiling(work)
+        rows += tiling_memory(work)
     table = Table("measure", "value", title="wfe bench: throughput (measured side by side in one run)")
     for row in rows:
         table.add_row(*row)
