@@ -8,9 +8,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import dask.array as da
+import numpy as np
+
 from wfe.errors import InputError, WfeError
 
-__all__ = ["MAX_CHUNK_BYTES", "DecodeGuard", "check_declared_size", "plausible_mpp"]
+__all__ = ["MAX_CHUNK_BYTES", "DecodeGuard", "check_declared_size", "lazy_blocks",
+           "plausible_mpp"]
 
 #: Microscope pixel sizes lie well inside this range (µm); 72-dpi tags give ~352.
 MPP_RANGE = (0.01, 100.0)
@@ -82,3 +86,15 @@ class DecodeGuard:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot decode the tile at level {level}, y={y}, x={x} "
                          f"({detail})", "the file is damaged; re-export or re-scan it") from exc
+
+
+def lazy_blocks(read: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any,
+                *args: Any) -> da.Array:
+    """A dask array whose every block is ``read(*args, block_info=...)``: one task per block.
+
+    ``read`` finds its region in ``block_info[None]["array-location"]``. No input
+    array, so the graph holds one task per chunk and nothing else (its size is
+    what grows with the image).
+    """
+    return da.map_blocks(read, *args, chunks=da.core.normalize_chunks(chunks, shape),
+                         dtype=dtype, meta=np.empty((0,) * len(shape), dtype))

@@ -12,12 +12,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from wfe.errors import InputError
 from wfe.raster import Raster
-from wfe_builtin.readers._common import DecodeGuard
+from wfe_builtin.readers._common import DecodeGuard, lazy_blocks
 
 __all__ = ["GeoTiffReader"]
 
@@ -48,14 +47,14 @@ def _window(block_info: Any) -> tuple[Any, int, int]:
     return Window(x0, y0, x1 - x0, y1 - y0), y0, x0
 
 
-def _read_bands(_template: np.ndarray, path: str, overview: int | None, level: int,
+def _read_bands(path: str, overview: int | None, level: int,
                 block_info: Any = None) -> np.ndarray:
     window, y0, x0 = _window(block_info)
     with DecodeGuard(path, level, y0, x0):
         return _dataset(path, overview).read(window=window)
 
 
-def _read_valid(_template: np.ndarray, path: str, overview: int | None, level: int,
+def _read_valid(path: str, overview: int | None, level: int,
                 block_info: Any = None) -> np.ndarray:
     window, y0, x0 = _window(block_info)
     with DecodeGuard(path, level, y0, x0):
@@ -134,12 +133,10 @@ class GeoTiffReader:
             ds = _dataset(str(path), overview)
             h, w = ds.height, ds.width
             ch, cw = _chunks(ds)
-            template = da.empty((count, h, w), chunks=(count, ch, cw), dtype=dtype)
-            levels.append(template.map_blocks(_read_bands, str(path), overview, level,
-                                              dtype=dtype, meta=np.empty((0, 0, 0), dtype)))
+            levels.append(lazy_blocks(_read_bands, (count, h, w), (count, ch, cw), dtype,
+                                      str(path), overview, level))
             if masked:
-                vt = da.empty((1, h, w), chunks=(1, ch, cw), dtype=bool)
-                valid.append(vt.map_blocks(_read_valid, str(path), overview, level, dtype=bool,
-                                           meta=np.empty((0, 0, 0), bool)))
+                valid.append(lazy_blocks(_read_valid, (1, h, w), (1, ch, cw), bool, str(path),
+                                         overview, level))
         return Raster(levels=levels, crs=crs, transform=transform, channels=tuple(channels),
                       attrs=attrs, valid=valid or None)

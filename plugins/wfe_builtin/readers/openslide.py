@@ -12,11 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from wfe.raster import Raster
-from wfe_builtin.readers._common import DecodeGuard, plausible_mpp
+from wfe_builtin.readers._common import DecodeGuard, lazy_blocks, plausible_mpp
 
 __all__ = ["OpenSlideReader"]
 
@@ -28,7 +27,7 @@ def _slide(path: str) -> Any:
     return openslide.OpenSlide(path)
 
 
-def _read_tile(_template: np.ndarray, path: str, level: int, downsample: float,
+def _read_tile(path: str, level: int, downsample: float,
                block_info: Any = None) -> np.ndarray:
     info = block_info[None]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
@@ -72,8 +71,8 @@ class OpenSlideReader:
             tw = int(props.get(f"openslide.level[{level}].tile-width", tile))
             th = int(props.get(f"openslide.level[{level}].tile-height", tile))
             chunks = (3, th, tw)
-            template = da.empty((3, h, w), chunks=chunks, dtype=np.uint8)
-            levels.append(template.map_blocks(_read_tile, str(path), level, ds, dtype=np.uint8))
+            levels.append(lazy_blocks(_read_tile, (3, h, w), chunks, np.uint8, str(path), level,
+                                      ds))
         pixel_size = [base * ds for ds in slide.level_downsamples] if base else None
         return Raster(levels=levels, pixel_size=pixel_size, channels=("R", "G", "B"),
                       attrs={"source": str(path), "reader": self.name,

@@ -15,12 +15,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from wfe.errors import InputError
 from wfe.raster import Raster
-from wfe_builtin.readers._common import DecodeGuard, check_declared_size, plausible_mpp
+from wfe_builtin.readers._common import (
+    DecodeGuard,
+    check_declared_size,
+    lazy_blocks,
+    plausible_mpp,
+)
 
 __all__ = ["TiffReader"]
 
@@ -138,7 +142,7 @@ def _fd(path: str) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
 
-def _decode_region(_template: np.ndarray, path: str, series: int, level: int,
+def _decode_region(path: str, series: int, level: int,
                    block_info: Any = None) -> np.ndarray:
     """Decode the tiles (or strips) under one chunk with tifffile, straight from the file.
 
@@ -171,7 +175,7 @@ def _decode_region(_template: np.ndarray, path: str, series: int, level: int,
     return out
 
 
-def _read_block(_template: np.ndarray, path: str, series: int, level: int,
+def _read_block(path: str, series: int, level: int,
                 select: tuple[Any, ...], order: tuple[int, ...], block_info: Any = None) -> np.ndarray:
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
     arr = _zarr_levels(path, series)[level]
@@ -275,15 +279,13 @@ class TiffReader:
             else:
                 rows = kf.rowsperstrip or h
                 th, tw = (rows * max(1, MIN_CHUNK // rows) if rows < h else h), w
-            template = da.empty((n_channels, h, w), chunks=(n_channels, min(th, h), min(tw, w)),
-                                dtype=dtype)
-            meta = np.empty((0, 0, 0), dtype)
+            shape, chunks = (n_channels, h, w), (n_channels, min(th, h), min(tw, w))
             if single_page[i] and axes in ("YXS", "YX", "SYX"):
-                levels.append(template.map_blocks(_decode_region, str(path), series, i,
-                                                  dtype=dtype, meta=meta))
+                levels.append(lazy_blocks(_decode_region, shape, chunks, dtype, str(path),
+                                          series, i))
             else:
-                levels.append(template.map_blocks(_read_block, str(path), series, i, select,
-                                                  order, dtype=dtype, meta=meta))
+                levels.append(lazy_blocks(_read_block, shape, chunks, dtype, str(path), series,
+                                          i, select, order))
         base = mpp or plausible_mpp(file_mpp, str(path))
         pixel_size = None
         if base:
