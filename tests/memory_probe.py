@@ -50,6 +50,19 @@ print(usage.ru_maxrss)
 """
 
 
+def peak_rss_kib(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Peak RSS (KiB) of running ``cmd``, from ``wait4``'s rusage; raises on failure.
+
+    A small parent forks the command: a child's peak RSS counts the pages it shared
+    with its parent at fork time, so forking from a large process would inflate it.
+    """
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def _prepare(work: Path) -> tuple[Path, dict[str, str]]:
     import numpy as np
     from safetensors.numpy import save_file
@@ -89,14 +102,9 @@ def peak_rss_mib(work: Path, side: int, seed: int = 1) -> float:
     out = work / f"out-{side}"
     cmd = [sys.executable, "-m", "wfe", "run", str(workflow), "-i", str(slide), "-o", str(out),
            "--workers", "2"]
-    # A small parent forks the run: a child's peak RSS counts the pages it shared
-    # with its parent at fork time, so forking from a large process would inflate it.
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr)
+    peak = peak_rss_kib(cmd, env)
     record = next(iter(json.loads((out / "run.json").read_text())["inputs"].values()))
     if record["status"] != "done":
         raise RuntimeError(record["error"])
     slide.unlink()
-    return float(proc.stdout.strip().splitlines()[-1]) / 1024
+    return peak / 1024

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import dask.array as da
@@ -10,7 +9,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["downsample", "integer_factor", "resample", "upsample_linear"]
+__all__ = ["downsample", "integer_factor", "resample"]
 
 METHODS = ("area", "linear", "nearest")
 
@@ -55,40 +54,6 @@ def _integer_mean(block: np.ndarray, k: int) -> np.ndarray:
         for dx in range(k):
             total += block[:, dy::k, dx::k]
     return ((total + (k * k) // 2) // (k * k)).astype(block.dtype)
-
-
-def _bilinear_block(block: np.ndarray, k: int) -> np.ndarray:
-    """Upsample a block that carries a 1-pixel halo; return the core, ``k`` times larger."""
-    c, h, w = block.shape
-    core_h, core_w = (h - 2) * k, (w - 2) * k
-    # Centres of the fine pixels in the coarse (halo) block's coordinates.
-    ys = (np.arange(core_h) + 0.5) / k - 0.5 + 1
-    xs = (np.arange(core_w) + 0.5) / k - 0.5 + 1
-    y0 = np.clip(np.floor(ys).astype(int), 0, h - 2)
-    x0 = np.clip(np.floor(xs).astype(int), 0, w - 2)
-    fy = (ys - y0).astype(np.float32)[None, :, None]
-    fx = (xs - x0).astype(np.float32)[None, None, :]
-    b = block.astype(np.float32)
-    top = b[:, y0][:, :, x0] * (1 - fx) + b[:, y0][:, :, x0 + 1] * fx
-    bottom = b[:, y0 + 1][:, :, x0] * (1 - fx) + b[:, y0 + 1][:, :, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
-def upsample_linear(arr: da.Array, k: int, shape: tuple[int, int]) -> da.Array:
-    """Bilinear upsampling by ``k`` (pixel centres aligned), cropped or edge-padded to ``shape``."""
-    if k == 1:
-        out = arr.astype(np.float32)
-    else:
-        chunks = (arr.chunks[0], tuple(c * k for c in arr.chunks[1]),
-                  tuple(c * k for c in arr.chunks[2]))
-        out = da.map_overlap(partial(_bilinear_block, k=k), arr, depth={0: 0, 1: 1, 2: 1},
-                             boundary="nearest", trim=False, chunks=chunks, dtype=np.float32)
-    h, w = shape
-    out = out[:, :h, :w]
-    ph, pw = h - out.shape[1], w - out.shape[2]
-    if ph > 0 or pw > 0:
-        out = da.pad(out, ((0, 0), (0, max(ph, 0)), (0, max(pw, 0))), mode="edge")
-    return out
 
 
 def resample_weights(rows: range, cols: range, n_src: int, factor: float,

@@ -33,18 +33,15 @@ def _scaled_transform(transform: tuple[float, ...] | None,
     return (a * f, b * f, c, d * f, e * f, g)
 
 
-def _resampled(raster: Raster, factor: float, method: str) -> tuple[da.Array, da.Array | None]:
-    """Level 0 of ``raster`` resampled by ``factor`` (and its valid mask, if any)."""
-    k = integer_factor(factor, 0.0) if factor > 1 else None
-    level0 = raster.levels[0]
-    if k is not None and method == "area":
-        base = downsample(level0, k)
-        valid = None if raster.valid is None else downsample(raster.valid[0], k, "nearest")
-        return base, valid
-    base = resample(level0, factor, method=method)
-    valid = None
-    if raster.valid is not None:
-        valid = resample(raster.valid[0], factor, shape=base.shape[1:], method="nearest",
+def _resampled(raster: Raster, factor: float, k: int | None) -> tuple[da.Array, da.Array | None]:
+    """Level 0 of ``raster`` resampled by ``factor`` (and its valid mask, if any):
+    integer means when ``k`` is the integer factor, exact area/bilinear weights otherwise."""
+    level0, valid = raster.levels[0], None if raster.valid is None else raster.valid[0]
+    if k is not None:
+        return downsample(level0, k), None if valid is None else downsample(valid, k, "nearest")
+    base = resample(level0, factor, method="area" if factor > 1 else "linear")
+    if valid is not None:
+        valid = resample(valid, factor, shape=base.shape[1:], method="nearest",
                          chunk=base.chunks[1][0])
     return base, valid
 
@@ -74,14 +71,12 @@ def at_resolution(raster: Raster, size: float, what: str, *, allow_upsample: boo
     k = integer_factor(ratio, tolerance)
     if k == 1:
         return chosen
-    if k is not None:
-        factor, method = float(k), "area"
-    else:
-        factor, method = ratio, ("area" if ratio > 1 else "linear")
-    base, valid = _resampled(chosen, factor, method)
+    factor = float(k) if k is not None else ratio
+    base, valid = _resampled(chosen, factor, k)
     new_size = sizes[index] * factor
+    chosen_sizes = sizes[index:]
     coarser = [i for i in range(1, len(chosen.levels))
-               if chosen.resolutions()[i] > new_size * (1 + tolerance)]  # type: ignore[index]
+               if chosen_sizes[i] > new_size * (1 + tolerance)]
     pixel_size = None
     if chosen.pixel_size is not None:
         pixel_size = [new_size, *[chosen.pixel_size[i] for i in coarser]]

@@ -14,12 +14,14 @@ Peak RSS of the tiling run comes from ``wait4``'s rusage of the child process.
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from tests.memory_probe import peak_rss_kib
 
 TILE_WORKFLOW = """
 wfe: 1
@@ -27,16 +29,6 @@ stages:
   - {id: image, uses: read, with: {mpp: 0.5}}
   - {id: tiled, uses: tile, with: {image: image, path: "{output}/image.ome.zarr", chunk: 512}}
 """
-
-_MEASURE = """
-import os, subprocess, sys
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-_, status, usage = os.wait4(proc.pid, 0)
-if os.waitstatus_to_exitcode(status) != 0:
-    sys.exit(proc.stderr.read().decode())
-print(usage.ru_maxrss)
-"""
-
 
 def write_large_slide(path: Path, side: int, tile: int = 256, palette: int = 48) -> Path:
     """A ``side``² pyramidal JPEG TIFF (levels ÷4) built from rendered slide tiles."""
@@ -98,15 +90,12 @@ def tile_run(work: Path, slide: Path, workers: int) -> tuple[float, float, float
     cmd = [sys.executable, "-m", "wfe", "run", str(workflow), "-i", str(slide), "-o", str(out),
            "--workers", str(workers)]
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True)
+    peak = peak_rss_kib(cmd) / 1024
     wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr)
     record = next(iter(json.loads((out / "run.json").read_text())["inputs"].values()))
     if record["status"] != "done":
         raise RuntimeError(record["error"])
-    peak = float(proc.stdout.strip().splitlines()[-1]) / 1024
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    shutil.rmtree(out)
     return record["timings"]["compute"], wall, peak
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import dask.array as da
@@ -13,8 +14,8 @@ import numpy as np
 
 from wfe.errors import InputError, WfeError
 
-__all__ = ["MAX_CHUNK_BYTES", "DecodeGuard", "check_declared_size", "lazy_blocks",
-           "plausible_mpp"]
+__all__ = ["MAX_CHUNK_BYTES", "check_declared_size", "decode_guard", "lazy_blocks",
+           "pick_index", "plausible_mpp"]
 
 #: Microscope pixel sizes lie well inside this range (µm); 72-dpi tags give ~352.
 MPP_RANGE = (0.01, 100.0)
@@ -69,23 +70,26 @@ def check_declared_size(path: Path, page: Any, h: int, w: int, pixel_bytes: int)
                          "bytes of image data", "the file is damaged or not a real image")
 
 
-class DecodeGuard:
+@contextmanager
+def decode_guard(path: str, level: int, y: int, x: int) -> Iterator[None]:
     """Turns a failure to decode one chunk into a one-line error naming file and place."""
-
-    def __init__(self, path: str, level: int, y: int, x: int) -> None:
-        self.where = (path, level, y, x)
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
-        if exc is None or isinstance(exc, WfeError) or not isinstance(exc, Exception):
-            return False
-        path, level, y, x = self.where
+    try:
+        yield
+    except WfeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any codec error becomes one line
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot decode the tile at level {level}, y={y}, x={x} "
                          f"({detail})", "the file is damaged; re-export or re-scan it") from exc
+
+
+def pick_index(path: Path, axis: str, index: dict[str, int], n: int) -> int:
+    """The position to read along an axis that is not kept (z, time, ...): ``index[axis]`` or 0."""
+    i = int(index.get(axis, 0))
+    if not 0 <= i < n:
+        raise InputError(f"{path}: index {axis}={i} is out of range (0..{n - 1})",
+                         f"give reader_options: {{index: {{{axis}: 0..{n - 1}}}}}")
+    return i
 
 
 def lazy_blocks(read: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any,

@@ -16,7 +16,7 @@ import numpy as np
 
 from wfe.errors import InputError
 from wfe.raster import Raster
-from wfe_builtin.readers._common import DecodeGuard, lazy_blocks
+from wfe_builtin.readers._common import decode_guard, lazy_blocks
 
 __all__ = ["GeoTiffReader"]
 
@@ -50,14 +50,14 @@ def _window(block_info: Any) -> tuple[Any, int, int]:
 def _read_bands(path: str, overview: int | None, level: int,
                 block_info: Any = None) -> np.ndarray:
     window, y0, x0 = _window(block_info)
-    with DecodeGuard(path, level, y0, x0):
+    with decode_guard(path, level, y0, x0):
         return _dataset(path, overview).read(window=window)
 
 
 def _read_valid(path: str, overview: int | None, level: int,
                 block_info: Any = None) -> np.ndarray:
     window, y0, x0 = _window(block_info)
-    with DecodeGuard(path, level, y0, x0):
+    with decode_guard(path, level, y0, x0):
         return _dataset(path, overview).dataset_mask(window=window)[None] > 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from wfe.raster import Raster
-from wfe_builtin.readers._common import DecodeGuard, lazy_blocks, plausible_mpp
+from wfe_builtin.readers._common import decode_guard, lazy_blocks, plausible_mpp
 
 __all__ = ["OpenSlideReader"]
 
@@ -31,7 +31,7 @@ def _read_tile(path: str, level: int, downsample: float,
                block_info: Any = None) -> np.ndarray:
     info = block_info[None]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
-    with DecodeGuard(path, level, y0, x0):
+    with decode_guard(path, level, y0, x0):
         region = _slide(path).read_region((int(x0 * downsample), int(y0 * downsample)), level,
                                           (x1 - x0, y1 - y0))
         rgba = np.asarray(region)

@@ -20,9 +20,10 @@ import numpy as np
 from wfe.errors import InputError
 from wfe.raster import Raster
 from wfe_builtin.readers._common import (
-    DecodeGuard,
     check_declared_size,
+    decode_guard,
     lazy_blocks,
+    pick_index,
     plausible_mpp,
 )
 
@@ -157,7 +158,7 @@ def _decode_region(path: str, series: int, level: int,
     rows, cols = -(-height // th), -(-width // tw)
     out = np.empty((planes * contig, y1 - y0, x1 - x0), page.dtype)
     fd = _fd(path)
-    with DecodeGuard(path, level, y0, x0):
+    with decode_guard(path, level, y0, x0):
         for plane in range(planes):
             for ty in range(y0 // th, -(-y1 // th)):
                 for tx in range(x0 // tw, -(-x1 // tw)):
@@ -180,7 +181,7 @@ def _read_block(path: str, series: int, level: int,
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
     arr = _zarr_levels(path, series)[level]
     key = tuple(slice(y0, y1) if s == "y" else slice(x0, x1) if s == "x" else s for s in select)
-    with DecodeGuard(path, level, y0, x0):
+    with decode_guard(path, level, y0, x0):
         data = np.asarray(arr[key])
     data = data.transpose(order) if order else data
     return data if data.ndim == 3 else data[None]
@@ -208,11 +209,7 @@ def _layout(axes: str, shape: tuple[int, ...], index: dict[str, int],
             select.append(slice(None))
             kept.append("C")
         else:
-            i = int(index.get(axis, 0))
-            if not 0 <= i < n:
-                raise InputError(f"{path}: index {axis}={i} is out of range (0..{n - 1})",
-                                 f"give reader_options: {{index: {{{axis}: 0..{n - 1}}}}}")
-            select.append(i)
+            select.append(pick_index(path, axis, index, n))
     if "Y" not in kept or "X" not in kept:
         raise InputError(f"{path}: TIFF axes {axes!r} have no y and x", "use a 2-D image")
     c = next((n for a, n in zip(axes, shape, strict=True) if a in "CS" and a not in index), 1)

@@ -16,6 +16,7 @@ import dask.array as da
 
 from wfe.errors import InputError
 from wfe.raster import Raster
+from wfe_builtin.readers._common import pick_index
 
 __all__ = ["ZarrReader"]
 
@@ -40,11 +41,7 @@ def _to_cyx(arr: da.Array, axes: list[str], index: dict[str, int], path: Path) -
             key.append(slice(None))
             kept.append(name)
         else:
-            i = int(index.get(name, 0))
-            if not 0 <= i < n:
-                raise InputError(f"{path}: index {name}={i} is out of range (0..{n - 1})",
-                                 f"give reader_options: {{index: {{{name}: 0..{n - 1}}}}}")
-            key.append(i)
+            key.append(pick_index(path, name, index, n))
     out = arr[tuple(key)]
     if "y" not in kept or "x" not in kept:
         raise InputError(f"{path}: axes {axes} have no y and x", "write the image with y and x axes")

@@ -20,7 +20,7 @@ from pydantic import Field
 from wfe.errors import InputError
 from wfe.grid import BLEND_MODES, WindowGrid
 from wfe.raster import Raster
-from wfe.resample import integer_factor, upsample_linear
+from wfe.resample import integer_factor, resample
 from wfe.resolution import at_resolution
 from wfe.stage import Ref, Stage, StageContext, StageParams
 from wfe.stitch import sliding_window_map
@@ -168,7 +168,8 @@ class SegmentStage(Stage):
                     raise InputError(f"stage {ctx.stage_id}: scale {_size(level)} is not an "
                                      f"integer multiple of the first scale {_size(base_level)}",
                                      "list scales that are integer multiples of the first")
-                ups.append(upsample_linear(probs, factor, shape).rechunk(fused.chunks))
+                ups.append(resample(probs, 1 / factor, shape, "linear",
+                                    chunk=fused.chunks[1][0]).rechunk(fused.chunks))
             if p.fuse == "max":
                 fused = da.stack(ups).max(axis=0)
                 fused = fused / fused.sum(axis=0, keepdims=True)

@@ -59,9 +59,8 @@ def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.where(delta > 0, hue, 0), sat, mx
 
 
-def pen_marks(rgb: np.ndarray) -> np.ndarray:
+def pen_marks(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> np.ndarray:
     """Pixels of blue, green or black marker ink (H&E is pink to purple, hue 270-360°, 0-30°)."""
-    hue, sat, val = _hsv(rgb)
     coloured_ink = (hue > 80) & (hue < 255) & (sat > 0.25)
     black_ink = val < 0.2
     return coloured_ink | black_ink
@@ -75,7 +74,7 @@ def tissue_from_rgb(rgb: np.ndarray, min_pixels: int, min_saturation: float, *,
     from skimage.filters import threshold_otsu
     from skimage.morphology import binary_closing, disk, remove_small_holes, remove_small_objects
 
-    _, sat, val = _hsv(rgb[:3])
+    hue, sat, val = _hsv(rgb[:3])
     signal = sat if method == "saturation" else 1 - rgb[:3].astype(np.float32).mean(axis=0) / 255
     try:
         level = threshold_otsu(signal)
@@ -86,7 +85,7 @@ def tissue_from_rgb(rgb: np.ndarray, min_pixels: int, min_saturation: float, *,
     if max_brightness is not None:
         mask &= val <= max_brightness
     if reject_pen:
-        mask &= ~pen_marks(rgb[:3])
+        mask &= ~pen_marks(hue, sat, val)
     if closing_px > 0:
         mask = binary_closing(mask, disk(closing_px))
     holes = min_pixels if min_hole_pixels is None else min_hole_pixels
