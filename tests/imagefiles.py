@@ -141,3 +141,23 @@ def write_huge_declared(path: Path) -> None:
     _patch_tag(path, 256, 1_000_000)  # ImageWidth
     _patch_tag(path, 257, 1_000_000)  # ImageLength
     _patch_tag(path, 278, 1_000_000)  # RowsPerStrip
+
+
+def shapes_truth(size: int = 4096) -> np.ndarray:
+    """Level-0 mask of three known objects: a disc, a ring (a hole inside), an ellipse."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    disc = (y - 1100) ** 2 + (x - 1100) ** 2 <= 520**2
+    r2 = (y - 1300) ** 2 + (x - 2900) ** 2
+    ring = (r2 <= 600**2) & (r2 > 250**2)
+    ellipse = ((y - 3000) / 500) ** 2 + ((x - 2000) / 800) ** 2 <= 1
+    return disc | ring | ellipse
+
+
+def write_shapes_slide(path: Path, truth: np.ndarray, mpp: float = 0.5) -> Path:
+    """A tiled RGB slide: pink objects (``truth``) on white glass, lossless."""
+    rgb = np.empty((*truth.shape, 3), np.uint8)
+    rgb[...] = (242, 242, 242)
+    rgb[truth] = (200, 90, 160)
+    tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", compression="zlib",
+                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    return path

@@ -82,8 +82,12 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     """Run ``workflow`` on each input, recording each in ``run.json`` as it finishes."""
     console = console or Console(stderr=True)
     root = output_root(output_template)
-    root.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
+    except OSError as exc:
+        raise WfeError(f"cannot write to the output folder {root} ({exc.strerror or exc})",
+                       "choose a folder you can write to with -o DIR") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -103,7 +107,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                     record["output"] = str(out)
                     out.mkdir(parents=True, exist_ok=True)
                     summary = run_input(workflow, path, out, registry, device=device,
-                                        workers=workers,
+                                        workers=workers, root=root,
                                         callbacks=(DaskProgress(progress, task),))
                     record.update(status="done", **summary)
                     log.info("done %s in %.1f s", path, time.perf_counter() - t0)

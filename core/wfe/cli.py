@@ -105,8 +105,11 @@ def run(
         _fail(WfeError(f"{workflow}: no inputs", "give -i PATH or list inputs: in the workflow"),
               EXIT_USAGE)
     template = str(output / "{input.stem}") if output is not None else wf.output
-    result = run_batch(wf, inputs, registry, output_template=template, device=device,
-                       workers=workers, debug=debug, console=err)
+    try:
+        result = run_batch(wf, inputs, registry, output_template=template, device=device,
+                           workers=workers, debug=debug, console=err)
+    except WfeError as exc:
+        _fail(exc, EXIT_USAGE, debug)
     done = len(result.records) - len(result.failed)
     out.print(f"{done} of {len(result.records)} inputs done; results in {result.root}/ "
               f"(run.json, wfe.log)", highlight=False)

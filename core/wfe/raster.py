@@ -127,8 +127,14 @@ class Raster:
             a, b, c, d, e, g = transform
             transform = (a * f, b * f, c, d * f, e * f, g)
         valid = None if self.valid is None else list(self.valid[first:])
+        attrs = self.attrs
+        res = self.resolutions()
+        if first and res is not None and "extent" not in attrs:
+            # Coarser levels round their pixel counts; keep the true size of the source.
+            attrs = {**attrs, "extent": [self.shape[1] * res[0], self.shape[2] * res[0]],
+                     "source_pixel_size": res[0]}
         return replace(self, levels=list(self.levels[first:]), pixel_size=pixel_size,
-                       transform=transform, valid=valid)
+                       transform=transform, valid=valid, attrs=attrs)
 
     def derived(self, levels: Sequence[da.Array], channels: Sequence[str],
                 **attrs: Any) -> Raster:
@@ -140,7 +146,8 @@ class Raster:
         if tuple(levels[0].shape[1:]) != self.shape[1:]:
             raise ValueError(f"derived raster shape {levels[0].shape} differs from {self.shape}")
         pixel_size = None if self.pixel_size is None else [self.pixel_size[0]]
-        new_attrs = {k: v for k, v in self.attrs.items() if k in ("source", "vendor", "crs_unit")}
+        new_attrs = {k: v for k, v in self.attrs.items() if k in ("source", "vendor", "crs_unit",
+                                                                 "extent", "source_pixel_size")}
         new_attrs.update(attrs)
         return Raster(levels=list(levels)[:1], pixel_size=pixel_size, crs=self.crs,
                       transform=self.transform, channels=tuple(channels), attrs=new_attrs)

@@ -20,7 +20,8 @@ from wfe.errors import InputError
 from wfe.raster import Raster
 from wfe.resample import downsample, integer_factor, resample
 
-__all__ = ["DEFAULT_TOLERANCE", "at_resolution"]
+__all__ = ["DEFAULT_TOLERANCE", "at_resolution", "extent", "on_grid", "source_attrs",
+           "source_pixel_size"]
 
 DEFAULT_TOLERANCE = 0.05
 
@@ -44,6 +45,73 @@ def _resampled(raster: Raster, factor: float, k: int | None) -> tuple[da.Array, 
         valid = resample(valid, factor, shape=base.shape[1:], method="nearest",
                          chunk=base.chunks[1][0])
     return base, valid
+
+
+def extent(raster: Raster) -> tuple[float, float] | None:
+    """Height and width of the source's level 0 in :attr:`~wfe.Raster.unit`s.
+
+    Kept in ``attrs["extent"]`` once an image has been resampled (resampling
+    rounds the pixel count), so outputs can be put back on the source's grid
+    with exactly its level-0 size; ``None`` for an image without geometry.
+    """
+    if "extent" in raster.attrs:
+        h, w = raster.attrs["extent"]
+        return float(h), float(w)
+    res = raster.resolutions()
+    if res is None:
+        return None
+    return raster.shape[1] * res[0], raster.shape[2] * res[0]
+
+
+def source_pixel_size(raster: Raster) -> float | None:
+    """Pixel size of the source's level 0 (in :attr:`~wfe.Raster.unit`), kept through
+    level selection and resampling, e.g. to give polygons in level-0 pixels."""
+    if "source_pixel_size" in raster.attrs:
+        return float(raster.attrs["source_pixel_size"])
+    res = raster.resolutions()
+    return None if res is None else res[0]
+
+
+def source_attrs(raster: Raster) -> dict[str, object]:
+    """``attrs`` entries that remember the source's level-0 grid (see :func:`extent`)."""
+    ext, size = extent(raster), source_pixel_size(raster)
+    return {} if ext is None or size is None else {"extent": list(ext),
+                                                     "source_pixel_size": size}
+
+
+def on_grid(raster: Raster, size: float, what: str) -> Raster:
+    """Level 0 of ``raster`` resampled to pixel size ``size`` over the source's extent.
+
+    For writing results back onto the source: labels (one channel with
+    ``classes``) by nearest neighbour, anything else by area averaging down and
+    bilinear interpolation up. The output covers :func:`extent`, so at the
+    source's level-0 pixel size it has exactly the source's pixel count, and
+    its origin is the source's (the transform is scaled, not shifted).
+    """
+    res = raster.resolutions()
+    ext = extent(raster)
+    if res is None or ext is None:
+        raise InputError(f"{what}: the data has no pixel size or georeference, so it cannot "
+                         f"be written at {size:g} per pixel",
+                         "drop mpp:/gsd: from the write stage")
+    shape = (max(1, round(ext[0] / size)), max(1, round(ext[1] / size)))
+    if abs(size - res[0]) <= 1e-9 * size and shape == raster.shape[1:]:
+        return replace(raster, levels=list(raster.levels[:1]),
+                       pixel_size=None if raster.pixel_size is None else [size],
+                       valid=None if raster.valid is None else list(raster.valid[:1]))
+    factor = size / res[0]
+    labels = "classes" in raster.attrs and raster.shape[0] == 1
+    method = "nearest" if labels else "area" if factor > 1 else "linear"
+    level0 = raster.levels[0]
+    chunk = max(256, min(2048, level0.chunks[1][0]))
+    base = resample(level0, factor, shape=shape, method=method, chunk=chunk)
+    valid = None
+    if raster.valid is not None:
+        valid = [resample(raster.valid[0], factor, shape=shape, method="nearest", chunk=chunk)]
+    return replace(raster, levels=[base], valid=valid,
+                   pixel_size=None if raster.pixel_size is None else [size],
+                   transform=_scaled_transform(raster.transform, factor),
+                   attrs={**raster.attrs, **source_attrs(raster)})
 
 
 def at_resolution(raster: Raster, size: float, what: str, *, allow_upsample: bool = False,
@@ -83,4 +151,5 @@ def at_resolution(raster: Raster, size: float, what: str, *, allow_upsample: boo
     levels = [base, *[chosen.levels[i] for i in coarser]]
     valids = None if valid is None else [valid, *[chosen.valid[i] for i in coarser]]  # type: ignore[index]
     return replace(chosen, levels=levels, pixel_size=pixel_size, valid=valids,
-                   transform=_scaled_transform(chosen.transform, factor))
+                   transform=_scaled_transform(chosen.transform, factor),
+                   attrs={**chosen.attrs, **source_attrs(raster)})

@@ -22,8 +22,17 @@ __all__ = ["run_input"]
 log = logging.getLogger("wfe")
 
 
+def _abort(sinks: list[Any]) -> None:
+    """Remove every sink's partial output; one failing clean-up does not stop the others."""
+    for sink in sinks:
+        try:
+            sink.abort()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("could not remove the partial output of %s", sink.path)
+
+
 def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Registry, *,
-              device: str = "auto", workers: int | None = None,
+              device: str = "auto", workers: int | None = None, root: Path | None = None,
               callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
     """Run every stage for ``input_path``; return what run.json records for it.
 
@@ -32,7 +41,8 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     segmentation written both as labels and as an overlay) runs once.
     """
     ctx = StageContext(input=input_path, output=output, workflow_dir=workflow.directory,
-                       registry=registry, device=device)
+                       registry=registry, device=device,
+                       root=root)
     artifacts: dict[tuple[str, str], Any] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -45,8 +55,7 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
         except BaseException as exc:
             # A stage may compute something small (a mask) while building; outputs that
             # earlier stages already started must not be left behind.
-            for sink in ctx.sinks:
-                sink.abort()
+            _abort(ctx.sinks)
             if isinstance(exc, WfeError) and not exc.message.startswith(("stage ",
                                                                           str(input_path))):
                 exc.message = f"stage {node.id}: {exc.message}"
@@ -71,13 +80,14 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
             dask.compute(*work, optimize_graph=False)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
-        for sink in ctx.sinks:
-            sink.abort()
+        _abort(ctx.sinks)
         raise
     finally:
         pool.shutdown(wait=True)
     timings["compute"] = round(time.perf_counter() - t, 4)
     for sink in ctx.sinks:
         sink.finalize()
+        if sink.summary:
+            ctx.info.setdefault(sink.stage, {}).update(sink.summary)
     timings["total"] = round(time.perf_counter() - t0, 4)
     return {"outputs": [str(s.path) for s in ctx.sinks], "timings": timings, "info": ctx.info}

@@ -30,6 +30,11 @@ class Sink:
     work: list[Any] = field(default_factory=list)
     finalize: Callable[[], None] = lambda: None
     abort: Callable[[], None] = lambda: None
+    #: Figures the writer fills in while computing or finalising (e.g. per-class
+    #: statistics); recorded in run.json under the writing stage's id.
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: The stage that added this sink (set by ``StageContext.add_sink``).
+    stage: str = ""
 
 
 class TemporaryOutput:
@@ -39,18 +44,30 @@ class TemporaryOutput:
     check happens before any pixel is computed.
     """
 
-    def __init__(self, final: Path, overwrite: bool) -> None:
+    def __init__(self, final: Path, overwrite: bool, temp_dir: Path | None = None) -> None:
+        """``temp_dir``: where the temporary output goes (default: beside ``final``), for
+        outputs whose final folder does not exist until another output is committed."""
         from wfe.errors import WfeError
 
         self.final = final
         if final.exists() and not overwrite:
             raise WfeError(f"{final} exists already",
                            "set overwrite: true on the write stage to replace it")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+        where = temp_dir or final.parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            probe = where / f".{final.name}.{uuid.uuid4().hex[:8]}.probe"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise WfeError(f"cannot write to {where} ({exc.strerror or exc})",
+                           "choose an output folder you can write to (-o DIR), or fix its "
+                           "permissions") from None
+        self.temp = where / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
 
     def commit(self) -> None:
         """Move the finished temporary output to its final name."""
+        self.final.parent.mkdir(parents=True, exist_ok=True)
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(self.final, old)

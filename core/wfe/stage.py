@@ -91,6 +91,8 @@ class StageContext:
     workflow_dir: Path
     registry: Registry
     device: str = "auto"
+    #: The output root of the whole run (run.json's folder); outputs may not leave it.
+    root: Path | None = None
     stage_id: str = ""
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wfe"))
     sinks: list[Sink] = field(default_factory=list)
@@ -122,6 +124,7 @@ class StageContext:
 
     def add_sink(self, sink: Sink) -> None:
         """Register lazy output work; the runner computes all sinks of an input together."""
+        sink.stage = self.stage_id
         self.sinks.append(sink)
 
     def record(self, key: str, value: Any) -> None:

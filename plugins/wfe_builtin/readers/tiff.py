@@ -9,6 +9,7 @@ index (``index: {Z: 3}`` in the reader options; 0 by default).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from functools import lru_cache
@@ -51,8 +52,8 @@ def _mpp_from_tags(page: Any, imagej: dict[str, Any] | None) -> float | None:
     return None
 
 
-def _ome_pixels(tif: Any) -> dict[str, Any]:
-    """The first image's ``Pixels`` element of the OME-XML (empty if none)."""
+def _ome_image(tif: Any) -> dict[str, Any]:
+    """The first ``Image`` element of the OME-XML (empty if none)."""
     import tifffile
 
     if not tif.is_ome or not tif.ome_metadata:
@@ -62,8 +63,19 @@ def _ome_pixels(tif: Any) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - broken OME-XML: fall back to the TIFF tags
         return {}
     image = ome.get("Image", {})
-    image = image[0] if isinstance(image, list) else image
-    return image.get("Pixels", {})
+    return image[0] if isinstance(image, list) else image
+
+
+def _wfe_description(image: dict[str, Any]) -> dict[str, Any]:
+    """What wfe's OME-TIFF writer keeps in the image description: classes, colours, CRS."""
+    text = str(image.get("Description") or "")
+    if not text.startswith("wfe:"):
+        return {}
+    try:
+        found = json.loads(text[4:])
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _ome_channels(pixels: dict[str, Any]) -> list[str]:
@@ -258,7 +270,9 @@ class TiffReader:
             shapes = [tuple(lvl.shape) for lvl in s.levels]
             pages = [lvl.keyframe for lvl in s.levels]
             single_page = [len(lvl.pages) == 1 for lvl in s.levels]
-            pixels = _ome_pixels(tif)
+            ome_image = _ome_image(tif)
+            pixels = ome_image.get("Pixels", {})
+            extra = _wfe_description(ome_image)
             file_mpp = (_ome_mpp(pixels) or _svs_mpp(page)
                         or _mpp_from_tags(page, tif.imagej_metadata))
             vendor = _vendor(tif)
@@ -283,7 +297,8 @@ class TiffReader:
             else:
                 levels.append(lazy_blocks(_read_block, shape, chunks, dtype, str(path), series,
                                           i, select, order))
-        base = mpp or plausible_mpp(file_mpp, str(path))
+        crs, transform = extra.get("crs"), extra.get("transform")
+        base = mpp or (None if crs else plausible_mpp(file_mpp, str(path)))
         pixel_size = None
         if base:
             pixel_size = [base * levels[0].shape[2] / lvl.shape[2] for lvl in levels]
@@ -291,6 +306,8 @@ class TiffReader:
         if len(channels) != n_channels:
             channels = list(("R", "G", "B")) if n_channels == 3 and "S" in axes else []
         return Raster(levels=levels, pixel_size=pixel_size, channels=tuple(channels),
+                      crs=crs, transform=tuple(transform) if crs and transform else None,
                       attrs={"source": str(path), "reader": self.name, "vendor": vendor,
+                             **{k: extra[k] for k in ("classes", "colors") if k in extra},
                              "axes": axes, "associated": associated,
                              "description": description[:2000]})

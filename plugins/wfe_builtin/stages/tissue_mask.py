@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from wfe.raster import Raster
-from wfe.resolution import at_resolution
+from wfe.resolution import at_resolution, source_attrs
 from wfe.stage import Ref, Stage, StageContext, StageParams
 
 __all__ = ["TissueMaskStage", "tissue_from_rgb", "valid_data"]
@@ -153,5 +153,6 @@ class TissueMaskStage(Stage):
                       transform=low.transform, channels=("mask",),
                       attrs={"classes": list(classes), "colors": ["#000000", "#2ca02c"],
                              "source": image.attrs.get("source"),
+                             **source_attrs(image),
                              **({"crs_unit": image.attrs["crs_unit"]}
                                 if "crs_unit" in image.attrs else {})})

@@ -102,7 +102,9 @@ class OmeZarrWriter:
                 raise WfeError(f"shard {shard} is not a multiple of the chunk size {size}",
                                f"use shard: {size * max(1, round(shard / size))}")
         factors = [levels[0].shape[2] / lvl.shape[2] for lvl in levels]
-        temp = TemporaryOutput(path, overwrite)
+        image = _labelled_image(path) if is_label_image(raster) else None
+        # Labels of an image go into its labels/ group only once the image is complete.
+        temp = TemporaryOutput(path, overwrite, temp_dir=None if image is None else image.parent)
         group = zarr.open_group(str(temp.temp), mode="w")
         res = raster.resolutions()
         unit = _UNIT_NAMES.get(raster.unit or "", None)
@@ -139,4 +141,46 @@ class OmeZarrWriter:
             **({"crs": raster.crs} if raster.crs else {}),
             **({"transform": list(raster.transform)} if raster.transform else {}),
         }
-        return Sink(path=path, work=list(work), finalize=temp.commit, abort=temp.discard)
+        if is_label_image(raster):
+            group.attrs["ome"] = {**group.attrs["ome"], "image-label": _image_label(raster)}
+        finalize = temp.commit if image is None else (lambda: _add_label(image, temp))
+        return Sink(path=path, work=list(work), finalize=finalize, abort=temp.discard)
+
+
+def _labelled_image(path: Path) -> Path | None:
+    """The image ``path`` labels when it is ``<image>.zarr/labels/<name>`` (NGFF layout)."""
+    if path.parent.name == "labels" and path.parent.parent.suffix == ".zarr":
+        return path.parent.parent
+    return None
+
+
+def _image_label(raster: Raster) -> dict[str, Any]:
+    """NGFF ``image-label`` metadata: a colour and a class name per label value."""
+    from wfe_builtin.writers.overlay import DEFAULT_COLORS, rgb_of
+
+    classes = list(raster.attrs["classes"])
+    colors = list(raster.attrs.get("colors") or DEFAULT_COLORS[:len(classes)])
+    return {
+        "version": "0.5",
+        "colors": [{"label-value": i, "rgba": [*rgb_of(c), 0 if i == 0 else 255]}
+                   for i, c in enumerate(colors[:len(classes)])],
+        "properties": [{"label-value": i, "class": name} for i, name in enumerate(classes)],
+        "source": {"image": "../../"},
+    }
+
+
+def _add_label(image: Path, temp: TemporaryOutput) -> None:
+    """Move a finished label image into ``image/labels/`` and list it there."""
+    import zarr
+
+    if not (image / "zarr.json").exists():
+        temp.discard()
+        raise WfeError(f"{temp.final}: {image} is not an OME-Zarr image",
+                       "write the image first (a tile stage before this one), or write the "
+                       "labels to a path of their own")
+    labels = zarr.open_group(str(image / "labels"), mode="a")
+    temp.commit()
+    names = list(labels.attrs.get("ome", {}).get("labels", []))
+    if temp.final.name not in names:
+        names.append(temp.final.name)
+    labels.attrs["ome"] = {"version": "0.5", "labels": names}

@@ -12,13 +12,13 @@ from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
 
-__all__ = ["DEFAULT_COLORS", "OverlayWriter"]
+__all__ = ["DEFAULT_COLORS", "OverlayWriter", "rgb_of"]
 
 DEFAULT_COLORS = ["#000000", "#e377c2", "#1f3fb4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd",
                   "#8c564b", "#17becf", "#bcbd22"]
 
 
-def _rgb(color: str) -> tuple[int, int, int]:
+def rgb_of(color: str) -> tuple[int, int, int]:
     c = color.lstrip("#")
     return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
 
@@ -72,14 +72,14 @@ def _compose(labels: np.ndarray, image: np.ndarray | None, bands: list[int], cla
         rgb = np.asarray(base, dtype=np.float32)
     else:
         rgb = np.full((h, w, 3), 255, np.float32)
-    palette = np.array([_rgb(c) for c in colors], np.float32)
+    palette = np.array([rgb_of(c) for c in colors], np.float32)
     fg = lab > 0
     rgb[fg] = (1 - alpha) * rgb[fg] + alpha * palette[lab[fg]]
     canvas = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for i, (name, color) in enumerate(zip(classes[1:], colors[1:], strict=False)):
         y = 6 + 16 * i
-        draw.rectangle([6, y, 18, y + 12], fill=_rgb(color), outline=(0, 0, 0))
+        draw.rectangle([6, y, 18, y + 12], fill=rgb_of(color), outline=(0, 0, 0))
         draw.text((22, y), name, fill=(0, 0, 0))
     canvas.save(temp, format=fmt)
 

@@ -1,0 +1,55 @@
+"""A chunked scratch copy of lazy levels, for writers whose format must be written in order.
+
+TIFF tiles (and GeoTIFF blocks) go into the file one after another, but dask
+computes chunks in whatever order its workers finish them. The levels are
+therefore first stored, chunk by chunk and in parallel, into a Zarr store beside
+the output (zstd level 1: cheap, and label images shrink to almost nothing); the
+file is then written from it in order, one tile in memory at a time. This is the
+two-step conversion bioformats2raw + raw2ometiff use, for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["spool", "tiles"]
+
+
+def spool(levels: list[da.Array], where: Path, tile: int, channels_last: bool = True) -> Any:
+    """Store each level as ``where/<i>`` with chunks of ``tile``² (all channels together
+    when ``channels_last``, else one per chunk); a Delayed that computes to ``where``
+    once every chunk is stored."""
+    import dask
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    group = zarr.open_group(str(where), mode="w")
+    stores = []
+    for i, lvl in enumerate(levels):
+        chunks = (lvl.shape[0] if channels_last else 1, tile, tile)
+        lvl = lvl.rechunk(chunks)
+        target = group.create_array(str(i), shape=lvl.shape, dtype=lvl.dtype, chunks=chunks,
+                                    compressors=[ZstdCodec(level=1)],
+                                    config={"write_empty_chunks": True})
+        stores.append(da.store(lvl, target, lock=False, compute=False))
+    return dask.delayed(lambda *_: where)(*stores)
+
+
+def tiles(where: Path, level: int, tile: int, channels_last: bool) -> Iterator[np.ndarray]:
+    """The tiles of one spooled level in TIFF order (row by row; plane by plane when the
+    channels are stored separately), each ``(tile, tile[, c])`` or smaller at the edges."""
+    import zarr
+
+    arr = zarr.open_array(str(where / str(level)), mode="r")
+    c, h, w = arr.shape
+    planes = [slice(None)] if channels_last else [slice(i, i + 1) for i in range(c)]
+    for plane in planes:
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                block = arr[plane, y:y + tile, x:x + tile]
+                yield np.moveaxis(block, 0, -1) if channels_last else block[0]

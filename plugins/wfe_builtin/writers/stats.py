@@ -1,0 +1,69 @@
+"""Per-class statistics of a label image: pixels, area and objects, as CSV and in run.json.
+
+Objects are counted the way the GeoJSON writer finds them (4-connected, merged
+across chunk borders), so the two always agree.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wfe.raster import Raster
+from wfe.sink import Sink, TemporaryOutput
+from wfe_builtin.writers._objects import ChunkObjects, chunk_objects, merge_border, per_chunk, totals
+from wfe_builtin.writers.geojson import label_classes
+
+__all__ = ["StatsWriter", "class_table"]
+
+
+def class_table(chunks: list[ChunkObjects], classes: list[str], pixel_area: float | None,
+                unit: str | None) -> list[dict[str, Any]]:
+    """One row per class: name, pixels, area (in ``unit``), objects (none for background)."""
+    pixels, objects, border = totals(chunks)
+    for value, _ in merge_border(border):
+        objects[value] = objects.get(value, 0) + 1
+    rows = []
+    for value, name in enumerate(classes):
+        n = pixels.get(value, 0)
+        rows.append({"class": name, "value": value, "pixels": n,
+                     "area": None if pixel_area is None else round(n * pixel_area, 6),
+                     "area_unit": unit, "objects": None if value == 0 else objects.get(value, 0)})
+    return rows
+
+
+def _write(chunks: list[ChunkObjects], temp: Path, classes: list[str],
+           pixel_area: float | None, unit: str | None,
+           record: Callable[[dict[str, Any]], None]) -> None:
+    rows = class_table(chunks, classes, pixel_area, unit)
+    with temp.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    record({"stats": {r["class"]: {k: r[k] for k in ("pixels", "area", "area_unit", "objects")}
+                      for r in rows}})
+
+
+class StatsWriter:
+    """Writes per-class pixel counts, areas and object counts of a label image as CSV."""
+
+    name = "csv"
+
+    def write(self, raster: Raster, path: Path, *, overwrite: bool = False, chunk: int = 2048,
+              **_: Any) -> Sink:
+        import dask
+
+        classes, _ = label_classes(raster, path)
+        res = raster.resolutions()
+        pixel_area = None if res is None else res[0] * res[0]
+        unit = None if raster.unit is None else f"{raster.unit}²"
+        temp = TemporaryOutput(path, overwrite)
+        found = per_chunk(raster.levels[0], chunk,
+                          lambda block, y0, x0, h, w: dask.delayed(chunk_objects)(
+                              block, y0, x0, h, w, None))
+        sink = Sink(path=path, finalize=temp.commit, abort=temp.discard)
+        sink.work = [dask.delayed(_write)(found, temp.temp, classes, pixel_area, unit,
+                                          sink.summary.update)]
+        return sink
