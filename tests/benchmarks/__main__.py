@@ -3,6 +3,10 @@
 Tiling: a 40,000² JPEG slide to OME-Zarr against only decoding its tiles, and
 peak RSS of tiling at 1×, 4×, 16× the area (tests/benchmarks/tiling.py).
 
+Writers: a lazily generated 40,000² label image with ~100,000 objects written to
+each format (time, peak RSS), GeoJSON against reading a same-size source, and
+peak RSS per format at 1×, 4×, 16× the area (tests/benchmarks/writers.py).
+
 Throughput: ``wfe run`` (read → [tissue mask] → segment → write OME-Zarr [+ overlay])
 against the model alone on the *same windows* of the same image (real pixels,
 already in memory, same batch size), for the demo (mask on) and a larger slide
@@ -128,6 +132,7 @@ def main() -> None:
     from rich.table import Table
 
     from tests.benchmarks.tiling import tiling, tiling_memory
+    from tests.benchmarks.writers import writers, writers_memory
 
     console = Console()
     console.print(f"machine: {_machine()}")
@@ -140,6 +145,8 @@ def main() -> None:
         rows += memory(work)
         rows += tiling(work)
         rows += tiling_memory(work)
+        rows += writers(work)
+        rows += writers_memory(work)
     table = Table("measure", "value", title="wfe bench: throughput (measured side by side in one run)")
     for row in rows:
         table.add_row(*row)

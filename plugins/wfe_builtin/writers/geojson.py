@@ -152,7 +152,7 @@ class GeoJsonWriter:
     name = "geojson"
 
     def write(self, raster: Raster, path: Path, *, overwrite: bool = False,
-              simplify: float = 0.0, chunk: int = 2048, **_: Any) -> Sink:
+              simplify: float = 0.0, chunk: int = 1024, **_: Any) -> Sink:
         """``simplify``: tolerance in output units (level-0 pixels, or CRS units); 0 keeps
         the pixel outlines. ``chunk``: pixels per side vectorised together."""
         import dask

@@ -32,6 +32,7 @@ from wfe_builtin.writers.ome_zarr import is_label_image, pyramid
 __all__ = ["COMPRESSIONS", "OmeTiffWriter"]
 
 COMPRESSIONS = ("zlib", "zstd", "lzw", "jpeg", "none")
+BUFFER_BYTES = 16 * 2**20
 _OME_UNITS = {"µm": "µm", "m": "m", "ft": "ft"}
 
 
@@ -68,6 +69,9 @@ def _write(_: Any, where: Path, temp: Path, n_levels: int, shape: tuple[int, int
         "dtype": dtype, "tile": (tile, tile), "compression": compression,
         "photometric": "rgb" if rgb else "minisblack",
         "maxworkers": os.cpu_count() or 1,
+        # tifffile compresses up to 512 MB of tiles per pass by default: memory would grow
+        # with the image. A few tiles per worker keep the workers busy.
+        "buffersize": BUFFER_BYTES,
     }
     if compression and level is not None:
         common["compressionargs"] = {"level": level}
@@ -116,7 +120,7 @@ class OmeTiffWriter:
                            "use compression: zlib or zstd")
         if compression == "jpeg" and is_label_image(raster):
             raise WfeError(f"{path}: JPEG would change label values", "use compression: zlib")
-        levels = pyramid(raster, tile, is_label_image(raster))
+        levels = pyramid(raster, None, is_label_image(raster))
         temp = TemporaryOutput(path, overwrite)
         where = temp.temp.with_name(temp.temp.name + ".spool.zarr")
         stored = spool(levels, where, tile, channels_last=rgb)

@@ -51,7 +51,7 @@ class StatsWriter:
 
     name = "csv"
 
-    def write(self, raster: Raster, path: Path, *, overwrite: bool = False, chunk: int = 2048,
+    def write(self, raster: Raster, path: Path, *, overwrite: bool = False, chunk: int = 1024,
               **_: Any) -> Sink:
         import dask
 
