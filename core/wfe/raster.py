@@ -72,6 +72,11 @@ class Raster:
         return self.levels[0].dtype
 
     @property
+    def is_labels(self) -> bool:
+        """A label image: one channel of class values, with ``classes`` in :attr:`attrs`."""
+        return "classes" in self.attrs and self.shape[0] == 1
+
+    @property
     def mpp(self) -> float | None:
         """Micrometres per pixel of level 0, if known."""
         return None if self.pixel_size is None else float(self.pixel_size[0])

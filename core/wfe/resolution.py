@@ -100,8 +100,7 @@ def on_grid(raster: Raster, size: float, what: str) -> Raster:
                        pixel_size=None if raster.pixel_size is None else [size],
                        valid=None if raster.valid is None else list(raster.valid[:1]))
     factor = size / res[0]
-    labels = "classes" in raster.attrs and raster.shape[0] == 1
-    method = "nearest" if labels else "area" if factor > 1 else "linear"
+    method = "nearest" if raster.is_labels else "area" if factor > 1 else "linear"
     level0 = raster.levels[0]
     chunk = max(256, min(2048, level0.chunks[1][0]))
     base = resample(level0, factor, shape=shape, method=method, chunk=chunk)

@@ -22,8 +22,7 @@ import numpy as np
 from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
-from wfe_builtin.writers.ome_zarr import is_label_image
-from wfe_builtin.writers.overlay import DEFAULT_COLORS, rgb_of
+from wfe_builtin.writers._labels import label_classes, rgb_of
 
 __all__ = ["CogWriter"]
 
@@ -107,14 +106,10 @@ class CogWriter:
         if compression not in _CODECS:
             raise WfeError(f"{path}: unknown compression {compression!r}",
                            f"use one of {', '.join(_CODECS)}")
-        labels = is_label_image(raster)
+        labels = raster.is_labels
         colormap = None
         if labels:
-            classes = list(raster.attrs["classes"])
-            colors = list(raster.attrs.get("colors") or DEFAULT_COLORS[:len(classes)])
-            if len(colors) < len(classes):
-                raise WfeError(f"{path}: {len(classes)} classes but only {len(colors)} colours",
-                               "give one colour per class in the model card")
+            _, colors = label_classes(raster, path)
             if raster.dtype != np.uint8:
                 raise WfeError(f"{path}: a colour table needs uint8 labels, got {raster.dtype}",
                                "write the labels output of segment")

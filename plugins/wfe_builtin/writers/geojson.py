@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe.resolution import source_pixel_size
 from wfe.sink import Sink, TemporaryOutput
+from wfe_builtin.writers._labels import label_classes, rgb_of
 from wfe_builtin.writers._objects import (
     ChunkObjects,
     chunk_objects,
@@ -32,23 +32,8 @@ from wfe_builtin.writers._objects import (
     per_chunk,
     totals,
 )
-from wfe_builtin.writers.ome_zarr import is_label_image
-from wfe_builtin.writers.overlay import DEFAULT_COLORS, rgb_of
 
-__all__ = ["GeoJsonWriter", "label_classes"]
-
-
-def label_classes(raster: Raster, path: Path) -> tuple[list[str], list[str]]:
-    """Class names and colours of a label image, or a one-line error."""
-    if not is_label_image(raster):
-        raise WfeError(f"{path}: needs a label image (one channel with classes)",
-                       "write seg.labels or a mask, not probabilities or an image")
-    classes = [str(c) for c in raster.attrs["classes"]]
-    colors = list(raster.attrs.get("colors") or DEFAULT_COLORS[:len(classes)])
-    if len(colors) < len(classes):
-        raise WfeError(f"{path}: {len(classes)} classes but only {len(colors)} colours",
-                       "give one colour per class (colors: in the model card)")
-    return classes, colors
+__all__ = ["GeoJsonWriter"]
 
 
 class _Geometry:
@@ -77,32 +62,37 @@ class _Geometry:
         return shapely.affinity.scale(poly, self.scale, self.scale, origin=(0, 0))
 
 
-def _feature(value: int, poly: Any, geometry: _Geometry, classes: list[str],
-             colors: list[str], simplify: float) -> str:
+def _kinds(classes: list[str], colors: list[str]) -> list[dict[str, Any]]:
+    """QuPath's ``classification`` of each label value."""
+    return [{"name": n, "color": list(rgb_of(c))} for n, c in zip(classes, colors, strict=False)]
+
+
+def _kind(kinds: list[dict[str, Any]], value: int) -> dict[str, Any]:
+    return kinds[value] if value < len(kinds) else {"name": str(value), "color": [128, 128, 128]}
+
+
+def _feature(value: int, poly: Any, geometry: _Geometry, kinds: list[dict[str, Any]],
+             simplify: float) -> str:
     import shapely
 
     area = float(poly.area) * geometry.pixel_area
     placed = geometry.place(poly)
     if simplify > 0:
         placed = placed.simplify(simplify, preserve_topology=True)
-    name = classes[value] if value < len(classes) else str(value)
-    color = list(rgb_of(colors[value])) if value < len(colors) else [128, 128, 128]
-    return json.dumps({
-        "type": "Feature",
-        "geometry": json.loads(shapely.to_geojson(placed)),
-        "properties": {"objectType": "annotation", "classification": {"name": name,
-                                                                        "color": color},
-                       "class": name, "area": round(area, 6), "area_unit": geometry.unit},
-    }, separators=(",", ":"))
+    kind = _kind(kinds, value)
+    properties = json.dumps({"objectType": "annotation", "classification": kind,
+                             "class": kind["name"], "area": round(area, 6),
+                             "area_unit": geometry.unit}, separators=(",", ":"))
+    # The geometry's JSON goes in as shapely wrote it, not parsed and written again.
+    return ('{"type":"Feature","geometry":' + shapely.to_geojson(placed)
+            + ',"properties":' + properties + "}")
 
 
 def _chunk(block: np.ndarray, y0: int, x0: int, height: int, width: int, part: Path,
-           geometry: _Geometry, classes: list[str], colors: list[str],
-           simplify: float) -> ChunkObjects:
+           geometry: _Geometry, kinds: list[dict[str, Any]], simplify: float) -> ChunkObjects:
     lines: list[str] = []
     found = chunk_objects(block, y0, x0, height, width,
-                          lambda v, p: lines.append(_feature(v, p, geometry, classes, colors,
-                                                             simplify)))
+                          lambda v, p: lines.append(_feature(v, p, geometry, kinds, simplify)))
     if lines:
         part.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return found
@@ -120,10 +110,10 @@ def _crs_member(crs: str | None) -> dict[str, Any]:
 
 
 def _assemble(chunks: list[ChunkObjects], parts: Path, temp: Path, header: dict[str, Any],
-              geometry: _Geometry, classes: list[str], colors: list[str], simplify: float,
+              geometry: _Geometry, kinds: list[dict[str, Any]], simplify: float,
               record: Callable[[dict[str, Any]], None]) -> None:
     _, complete, border = totals(chunks)
-    objects = {i: complete.get(i, 0) for i in range(1, len(classes))}
+    objects = {i: complete.get(i, 0) for i in range(1, len(kinds))}
     head = json.dumps({"type": "FeatureCollection", **header}, separators=(",", ":"))[:-1]
     try:
         with temp.open("w", encoding="utf-8") as out:
@@ -137,13 +127,12 @@ def _assemble(chunks: list[ChunkObjects], parts: Path, temp: Path, header: dict[
             for value, poly in merge_border(border):
                 objects[value] = objects.get(value, 0) + 1
                 out.write(("" if first else ",\n")
-                          + _feature(value, poly, geometry, classes, colors, simplify))
+                          + _feature(value, poly, geometry, kinds, simplify))
                 first = False
             out.write("\n]}\n")
     finally:
         shutil.rmtree(parts, ignore_errors=True)
-    record({"objects": {classes[v] if v < len(classes) else str(v): n
-                        for v, n in sorted(objects.items())}})
+    record({"objects": {_kind(kinds, v)["name"]: n for v, n in sorted(objects.items())}})
 
 
 class GeoJsonWriter:
@@ -158,6 +147,7 @@ class GeoJsonWriter:
         import dask
 
         classes, colors = label_classes(raster, path)
+        kinds = _kinds(classes, colors)
         geometry = _Geometry(raster)
         temp = TemporaryOutput(path, overwrite)
         parts = temp.temp.with_name(temp.temp.name + ".parts")
@@ -165,13 +155,13 @@ class GeoJsonWriter:
         found = per_chunk(raster.levels[0], chunk,
                           lambda block, y0, x0, h, w: dask.delayed(_chunk)(
                               block, y0, x0, h, w, parts / f"{y0:09d}_{x0:09d}.jsonl",
-                              geometry, classes, colors, simplify))
+                              geometry, kinds, simplify))
         header: dict[str, Any] = _crs_member(raster.crs) if geometry.geo else {}
         header["wfe"] = {"classes": classes, "coordinates": "crs" if geometry.geo
                          else "level-0 pixels", "source": raster.attrs.get("source")}
         sink = Sink(path=path, finalize=temp.commit)
         sink.work = [dask.delayed(_assemble)(found, parts, temp.temp, header, geometry,
-                                             classes, colors, simplify, sink.summary.update)]
+                                             kinds, simplify, sink.summary.update)]
 
         def discard() -> None:
             shutil.rmtree(parts, ignore_errors=True)

@@ -27,7 +27,7 @@ from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
 from wfe_builtin.writers._spool import spool, tiles
-from wfe_builtin.writers.ome_zarr import is_label_image, pyramid
+from wfe_builtin.writers.ome_zarr import pyramid
 
 __all__ = ["COMPRESSIONS", "OmeTiffWriter"]
 
@@ -37,7 +37,7 @@ _OME_UNITS = {"µm": "µm", "m": "m", "ft": "ft"}
 
 
 def _is_rgb(raster: Raster) -> bool:
-    return raster.shape[0] == 3 and raster.dtype == np.uint8 and not is_label_image(raster)
+    return raster.shape[0] == 3 and raster.dtype == np.uint8 and not raster.is_labels
 
 
 def _metadata(raster: Raster, rgb: bool) -> dict[str, Any]:
@@ -118,9 +118,9 @@ class OmeTiffWriter:
                                                   raster.dtype == np.uint8)):
             raise WfeError(f"{path}: JPEG needs uint8 RGB or grey pixels",
                            "use compression: zlib or zstd")
-        if compression == "jpeg" and is_label_image(raster):
+        if compression == "jpeg" and raster.is_labels:
             raise WfeError(f"{path}: JPEG would change label values", "use compression: zlib")
-        levels = pyramid(raster, None, is_label_image(raster))
+        levels = pyramid(raster, None, raster.is_labels)
         temp = TemporaryOutput(path, overwrite)
         where = temp.temp.with_name(temp.temp.name + ".spool.zarr")
         stored = spool(levels, where, tile, channels_last=rgb)

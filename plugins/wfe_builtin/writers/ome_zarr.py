@@ -62,13 +62,9 @@ def pyramid(raster: Raster, chunk: int | None, labels: bool) -> list[Any]:
     return levels
 
 
-def is_label_image(raster: Raster) -> bool:
-    return "classes" in raster.attrs and raster.shape[0] == 1
-
-
 def pyramid_raster(raster: Raster, chunk: int | None) -> Raster:
     """``raster`` with the factor-2 pyramid the writer stores (same geometry at level 0)."""
-    levels = pyramid(raster, chunk, is_label_image(raster))
+    levels = pyramid(raster, chunk, raster.is_labels)
     pixel_size = None
     if raster.pixel_size is not None:
         pixel_size = [float(raster.pixel_size[0]) * 2**i for i in range(len(levels))]
@@ -95,14 +91,14 @@ class OmeZarrWriter:
         from ome_zarr.writer import write_multiscale
 
         levels = list(raster.levels) if is_pyramid else pyramid(raster, chunk,
-                                                                is_label_image(raster))
+                                                                raster.is_labels)
         if shard is not None:
             size = chunk or levels[0].chunks[1][0]
             if shard % size:
                 raise WfeError(f"shard {shard} is not a multiple of the chunk size {size}",
                                f"use shard: {size * max(1, round(shard / size))}")
         factors = [levels[0].shape[2] / lvl.shape[2] for lvl in levels]
-        image = _labelled_image(path) if is_label_image(raster) else None
+        image = _labelled_image(path) if raster.is_labels else None
         # Labels of an image go into its labels/ group only once the image is complete.
         temp = TemporaryOutput(path, overwrite, temp_dir=None if image is None else image.parent)
         group = zarr.open_group(str(temp.temp), mode="w")
@@ -141,8 +137,8 @@ class OmeZarrWriter:
             **({"crs": raster.crs} if raster.crs else {}),
             **({"transform": list(raster.transform)} if raster.transform else {}),
         }
-        if is_label_image(raster):
-            group.attrs["ome"] = {**group.attrs["ome"], "image-label": _image_label(raster)}
+        if raster.is_labels:
+            group.attrs["ome"] = {**group.attrs["ome"], "image-label": _image_label(raster, path)}
         finalize = temp.commit if image is None else (lambda: _add_label(image, temp))
         return Sink(path=path, work=list(work), finalize=finalize, abort=temp.discard)
 
@@ -154,16 +150,15 @@ def _labelled_image(path: Path) -> Path | None:
     return None
 
 
-def _image_label(raster: Raster) -> dict[str, Any]:
+def _image_label(raster: Raster, path: Path) -> dict[str, Any]:
     """NGFF ``image-label`` metadata: a colour and a class name per label value."""
-    from wfe_builtin.writers.overlay import DEFAULT_COLORS, rgb_of
+    from wfe_builtin.writers._labels import label_classes, rgb_of
 
-    classes = list(raster.attrs["classes"])
-    colors = list(raster.attrs.get("colors") or DEFAULT_COLORS[:len(classes)])
+    classes, colors = label_classes(raster, path)
     return {
         "version": "0.5",
         "colors": [{"label-value": i, "rgba": [*rgb_of(c), 0 if i == 0 else 255]}
-                   for i, c in enumerate(colors[:len(classes)])],
+                   for i, c in enumerate(colors)],
         "properties": [{"label-value": i, "class": name} for i, name in enumerate(classes)],
         "source": {"image": "../../"},
     }

@@ -8,19 +8,11 @@ from typing import Any
 import dask
 import numpy as np
 
-from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
+from wfe_builtin.writers._labels import label_classes, rgb_of
 
-__all__ = ["DEFAULT_COLORS", "OverlayWriter", "rgb_of"]
-
-DEFAULT_COLORS = ["#000000", "#e377c2", "#1f3fb4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd",
-                  "#8c564b", "#17becf", "#bcbd22"]
-
-
-def rgb_of(color: str) -> tuple[int, int, int]:
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
+__all__ = ["OverlayWriter", "display_bands", "to_display"]
 
 
 def _strided(arr: Any, max_size: int) -> Any:
@@ -92,14 +84,7 @@ class OverlayWriter:
     def write(self, raster: Raster, path: Path, *, overwrite: bool = False,
               background: Raster | None = None, max_size: int = 1024, alpha: float = 0.45,
               **_: Any) -> Sink:
-        classes = list(raster.attrs.get("classes") or [])
-        if raster.shape[0] != 1 or not classes:
-            raise WfeError(f"{path}: an overlay needs a label image (one channel with classes)",
-                           "write seg.labels, not probabilities or an image")
-        colors = list(raster.attrs.get("colors") or DEFAULT_COLORS[:len(classes)])
-        if len(colors) < len(classes):
-            raise WfeError(f"{path}: {len(classes)} classes but only {len(colors)} colours",
-                           "give one colour per class in the model card")
+        classes, colors = label_classes(raster, path)
         labels = _strided(raster.levels[0], max_size)
         image, bands = None, [0, 1, 2]
         if background is not None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
+from wfe_builtin.writers._labels import label_classes
 from wfe_builtin.writers._objects import ChunkObjects, chunk_objects, merge_border, per_chunk, totals
-from wfe_builtin.writers.geojson import label_classes
 
 __all__ = ["StatsWriter", "class_table"]
 
