@@ -50,7 +50,8 @@ def _discs(block_info: dict | None = None) -> np.ndarray:
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]  # type: ignore[index]
     n = _PATTERN.shape[0]
     rows = _PATTERN[np.arange(y0, y1) % n]
-    return rows[:, np.arange(x0, x1) % n][None]
+    # C order, as chunks read from a file are.
+    return np.take(rows, np.arange(x0, x1) % n, axis=1)[None]
 
 
 def label_raster(side: int, chunk: int = 1024):  # noqa: ANN201 - Raster, imported lazily

@@ -1,23 +1,57 @@
 """Connected objects of a label image, found chunk by chunk and merged across chunk borders.
 
-Each chunk is polygonised on its own (GDAL's polygonize through
-``rasterio.features.shapes``, 4-connected, holes kept). An object that does not
-touch an inner chunk border is complete; one that does is returned to be merged:
-pieces of one object share whole pixel edges, so the union of a class's border
-pieces puts each object back together exactly, and objects that only touch at a
-corner stay apart, as 4-connectivity wants. Only border pieces are held in
-memory until the end; complete objects are handed to a callback at once.
+Each chunk is polygonised on its own (``_outlines``: 4-connected, holes kept,
+pixel-edge outlines). An object that does not touch an inner chunk border is
+complete and handed to a callback at once; one that does is a piece to merge.
+Pieces of one object share whole pixel edges and, along the seams, every
+vertex, so a coverage union of a class's pieces puts each object back together
+exactly, and objects that only touch at a corner stay apart, as 4-connectivity
+wants. The pieces wait on disk (``BorderPieces``), not in memory, since their
+number grows with the image's area; they are merged in batches of nearby
+groups. Pixel counts per class come from the objects' areas, so no extra pass
+over the pixels.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ChunkObjects", "chunk_objects", "merge_border", "per_chunk", "totals"]
+from wfe_builtin.writers._outlines import Outlines, Seams, outlines
+
+__all__ = ["BorderPieces", "ChunkObjects", "Totals", "chunk_objects", "merge_border",
+           "per_chunk", "totals"]
+
+#: One record per border piece: its class, bounding box, and bytes in the spool file.
+PIECE = np.dtype([("value", np.int64), ("minx", np.float64), ("miny", np.float64),
+                  ("maxx", np.float64), ("maxy", np.float64), ("start", np.int64),
+                  ("end", np.int64)])
+
+
+class BorderPieces:
+    """A file of border pieces (WKB), appended to by chunk tasks in any thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def __dask_tokenize__(self) -> str:
+        return str(self.path)
+
+    def add(self, wkbs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Store ``wkbs``; their (start, end) byte offsets in the file."""
+        lengths = np.fromiter(map(len, wkbs), np.int64, len(wkbs))
+        with self._lock, self.path.open("ab") as out:
+            start = out.seek(0, 2)
+            out.write(b"".join(wkbs))
+        ends = start + np.cumsum(lengths)
+        return ends - lengths, ends
 
 
 @dataclass
@@ -27,82 +61,122 @@ class ChunkObjects:
     complete: dict[int, int] = field(default_factory=dict)
     #: Pixels of each class, background (0) included.
     pixels: dict[int, int] = field(default_factory=dict)
-    border: list[tuple[int, bytes]] = field(default_factory=list)
-
-
-def _polygons(block: np.ndarray, y0: int, x0: int) -> Iterator[tuple[int, Any]]:
-    from rasterio.features import shapes
-    from rasterio.transform import Affine
-    from shapely.geometry import shape
-
-    labels = np.ascontiguousarray(block)
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=4,
-                              transform=Affine.translation(x0, y0)):
-        yield int(value), shape(geom)
+    border: np.ndarray = field(default_factory=lambda: np.zeros(0, PIECE))
 
 
 def chunk_objects(block: np.ndarray, y0: int, x0: int, height: int, width: int,
-                  emit: Callable[[int, Any], None] | None) -> ChunkObjects:
+                  spool: BorderPieces, emit: Callable[[Outlines], None] | None) -> ChunkObjects:
     """Objects of the ``(1, h, w)`` label chunk at ``(y0, x0)`` of a ``height`` × ``width``
-    image; ``emit(class, polygon)`` receives each complete one (in pixel coordinates)."""
+    image; ``emit`` receives the complete ones (in pixel coordinates of the image), the
+    pieces cut by the chunk's inner borders go to ``spool``."""
     import shapely
 
     lab = block[0]
     h, w = lab.shape
-    counts = np.bincount(lab.ravel(), minlength=1)
-    out = ChunkObjects(pixels={int(c): int(n) for c, n in enumerate(counts) if n})
-    inner = (y0 if y0 > 0 else None, y0 + h if y0 + h < height else None,
-             x0 if x0 > 0 else None, x0 + w if x0 + w < width else None)
-    for value, poly in _polygons(lab, y0, x0):
-        minx, miny, maxx, maxy = poly.bounds
-        if miny == inner[0] or maxy == inner[1] or minx == inner[2] or maxx == inner[3]:
-            out.border.append((value, shapely.to_wkb(poly)))
-            continue
-        out.complete[value] = out.complete.get(value, 0) + 1
-        if emit is not None:
-            emit(value, poly)
+    seams = Seams(top=y0 > 0, bottom=y0 + h < height, left=x0 > 0, right=x0 + w < width)
+    found = outlines(lab, y0, x0, seams)
+    box = shapely.bounds(found.polygons).reshape(-1, 4)
+    minx, miny, maxx, maxy = box.T
+    cut = ((miny == y0) & seams.top) | ((maxy == y0 + h) & seams.bottom) | (
+        (minx == x0) & seams.left) | ((maxx == x0 + w) & seams.right)
+    per_class = np.bincount(found.values, weights=found.areas).astype(np.int64)
+    complete = np.bincount(found.values[~cut], minlength=len(per_class))
+    out = ChunkObjects(pixels={int(c): int(n) for c, n in enumerate(per_class) if n},
+                       complete={int(c): int(n) for c, n in enumerate(complete) if n})
+    out.pixels[0] = h * w - int(per_class.sum())
+    if cut.any():
+        starts, ends = spool.add(shapely.to_wkb(found.polygons[cut]).tolist())
+        out.border = np.zeros(int(cut.sum()), PIECE)
+        out.border["value"] = found.values[cut]
+        for name, column in zip(("minx", "miny", "maxx", "maxy"), box[cut].T, strict=True):
+            out.border[name] = column
+        out.border["start"], out.border["end"] = starts, ends
+    if emit is not None and not cut.all():
+        keep = ~cut
+        emit(Outlines(found.values[keep], found.polygons[keep], found.areas[keep]))
     return out
 
 
-def merge_border(pieces: list[tuple[int, bytes]]) -> Iterator[tuple[int, Any]]:
-    """The objects the border pieces form, one polygon each, class by class."""
+def merge_border(pieces: np.ndarray, spool: BorderPieces,
+                 batch: int = 512) -> Iterator[Outlines]:
+    """The objects the border ``pieces`` form, one polygon each, about ``batch`` pieces
+    at a time."""
+    import shapely
+
+    if not len(pieces):
+        return
+    with spool.path.open("rb") as file:
+        for value in np.unique(pieces["value"]).tolist():
+            mine = pieces[pieces["value"] == value]
+            for groups in _batches(_touching(mine), batch):
+                members = np.concatenate(groups)
+                geoms = np.empty(len(mine), object)
+                geoms[members] = shapely.from_wkb(
+                    [os.pread(file.fileno(), e - s, s)
+                     for s, e in zip(mine["start"][members].tolist(),
+                                     mine["end"][members].tolist(), strict=True)])
+                # The pieces tile the plane without overlap and share every vertex
+                # along the seams (see ``outlines``): a coverage union joins them edge
+                # to edge, all groups in one call; simplifying by 0 then drops the
+                # seam vertices that are no longer corners.
+                table = np.full((len(groups), max(len(g) for g in groups)), None, object)
+                for i, group in enumerate(groups):
+                    table[i, :len(group)] = geoms[group]
+                union = shapely.coverage_union_all(table, axis=1)
+                parts = shapely.simplify(shapely.get_parts(union), 0, preserve_topology=False)
+                yield Outlines(np.full(len(parts), value, np.int64), parts,
+                               np.rint(shapely.area(parts)).astype(np.int64))
+
+
+def _touching(pieces: np.ndarray) -> list[np.ndarray]:
+    """Indices of ``pieces`` in groups whose bounding boxes touch, directly or through
+    others: every object's pieces are in one group."""
     import shapely
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    by_class: dict[int, list[bytes]] = {}
-    for value, wkb in pieces:
-        by_class.setdefault(value, []).append(wkb)
-    for value in sorted(by_class):
-        geoms = shapely.from_wkb(by_class[value])
-        tree = shapely.STRtree(geoms)
-        # Groups of pieces that touch (bounding boxes, then the geometry), so each
-        # union stays small however many objects there are.
-        left, right = tree.query(geoms, predicate="intersects")
-        graph = coo_matrix((np.ones(len(left), np.int8), (left, right)),
-                           shape=(len(geoms), len(geoms)))
-        _, group = connected_components(graph, directed=False)
-        order = np.argsort(group, kind="stable")
-        bounds = np.flatnonzero(np.diff(group[order])) + 1
-        for members in np.split(order, bounds):
-            union = shapely.union_all(geoms[members]) if len(members) > 1 else geoms[members[0]]
-            for part in getattr(union, "geoms", [union]):
-                yield value, part
+    boxes = shapely.box(pieces["minx"], pieces["miny"], pieces["maxx"], pieces["maxy"])
+    left, right = shapely.STRtree(boxes).query(boxes)
+    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)),
+                       shape=(len(pieces), len(pieces)))
+    _, group = connected_components(graph, directed=False)
+    order = np.argsort(group, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
 
 
-def totals(chunks: list[ChunkObjects]) -> tuple[dict[int, int], dict[int, int],
-                                                list[tuple[int, bytes]]]:
-    """Pixels per class, complete objects per class, and every border piece, of all chunks."""
+def _batches(groups: list[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    batch: list[np.ndarray] = []
+    count = 0
+    for group in groups:
+        batch.append(group)
+        count += len(group)
+        if count >= size:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+
+
+@dataclass
+class Totals:
+    """Pixels and complete objects per class over all chunks, and every border piece."""
+
+    pixels: dict[int, int]
+    objects: dict[int, int]
+    border: np.ndarray
+
+
+def totals(chunks: list[ChunkObjects]) -> Totals:
+    """The sums of what the chunks found."""
     pixels: dict[int, int] = {}
     objects: dict[int, int] = {}
-    border: list[tuple[int, bytes]] = []
     for c in chunks:
         for v, n in c.pixels.items():
             pixels[v] = pixels.get(v, 0) + n
         for v, n in c.complete.items():
             objects[v] = objects.get(v, 0) + n
-        border.extend(c.border)
-    return pixels, objects, border
+    return Totals(pixels, objects, np.concatenate([c.border for c in chunks] or
+                                                  [np.zeros(0, PIECE)]))
 
 
 def per_chunk(labels: Any, chunk: int, task: Callable[..., Any]) -> list[Any]:

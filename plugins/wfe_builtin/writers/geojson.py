@@ -26,12 +26,14 @@ from wfe.resolution import source_pixel_size
 from wfe.sink import Sink, TemporaryOutput
 from wfe_builtin.writers._labels import label_classes, rgb_of
 from wfe_builtin.writers._objects import (
+    BorderPieces,
     ChunkObjects,
     chunk_objects,
     merge_border,
     per_chunk,
     totals,
 )
+from wfe_builtin.writers._outlines import Outlines
 
 __all__ = ["GeoJsonWriter"]
 
@@ -51,15 +53,17 @@ class _Geometry:
             self.unit = "µm²" if res is not None else "px²"
         self.pixel_area = 1.0 if res is None else res[0] * res[0]
 
-    def place(self, poly: Any) -> Any:
+    def place(self, polygons: np.ndarray) -> np.ndarray:
+        """The polygons in output coordinates, outer rings counter-clockwise (RFC 7946)."""
         import shapely
 
         if self.geo:
             a, b, c, d, e, f = self.affine
-            return shapely.affinity.affine_transform(poly, (a, b, d, e, c, f))
-        if self.scale == 1.0:
-            return poly
-        return shapely.affinity.scale(poly, self.scale, self.scale, origin=(0, 0))
+            matrix, offset = np.array([[a, d], [b, e]]), np.array([c, f])
+            polygons = shapely.transform(polygons, lambda xy: xy @ matrix + offset)
+        elif self.scale != 1.0:
+            polygons = shapely.transform(polygons, lambda xy: xy * self.scale)
+        return shapely.orient_polygons(polygons)
 
 
 def _kinds(classes: list[str], colors: list[str]) -> list[dict[str, Any]]:
@@ -71,31 +75,45 @@ def _kind(kinds: list[dict[str, Any]], value: int) -> dict[str, Any]:
     return kinds[value] if value < len(kinds) else {"name": str(value), "color": [128, 128, 128]}
 
 
-def _feature(value: int, poly: Any, geometry: _Geometry, kinds: list[dict[str, Any]],
-             simplify: float) -> str:
+def _features(objects: Outlines, geometry: _Geometry, kinds: list[dict[str, Any]],
+              simplify: float) -> list[bytes]:
+    """One GeoJSON Feature (a line of UTF-8 text) per object.
+
+    orjson writes the coordinates straight from numpy arrays (integers stay
+    integers): three times faster than shapely's ``to_geojson``, which also holds
+    the GIL, and the coordinates are most of a GeoJSON file.
+    """
+    import orjson
     import shapely
 
-    area = float(poly.area) * geometry.pixel_area
-    placed = geometry.place(poly)
+    placed = geometry.place(objects.polygons)
     if simplify > 0:
-        placed = placed.simplify(simplify, preserve_topology=True)
-    kind = _kind(kinds, value)
-    properties = json.dumps({"objectType": "annotation", "classification": kind,
-                             "class": kind["name"], "area": round(area, 6),
-                             "area_unit": geometry.unit}, separators=(",", ":"))
-    # The geometry's JSON goes in as shapely wrote it, not parsed and written again.
-    return ('{"type":"Feature","geometry":' + shapely.to_geojson(placed)
-            + ',"properties":' + properties + "}")
+        placed = shapely.simplify(placed, simplify, preserve_topology=True)
+    _, coords, (ring_at, polygon_at) = shapely.to_ragged_array(placed)
+    if np.array_equal(coords, np.rint(coords)) and np.abs(coords).max(initial=0) < 2 ** 53:
+        coords = coords.astype(np.int64)
+    kind = {int(v): _kind(kinds, int(v)) for v in np.unique(objects.values)}
+    areas = (objects.areas * geometry.pixel_area).tolist()
+    lines = []
+    for i, (value, area) in enumerate(zip(objects.values.tolist(), areas, strict=True)):
+        rings = [coords[ring_at[r]:ring_at[r + 1]]
+                 for r in range(polygon_at[i], polygon_at[i + 1])]
+        lines.append(orjson.dumps(
+            {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+             "properties": {"objectType": "annotation", "classification": kind[value],
+                            "class": kind[value]["name"], "area": round(area, 6),
+                            "area_unit": geometry.unit}},
+            option=orjson.OPT_SERIALIZE_NUMPY))
+    return lines
 
 
 def _chunk(block: np.ndarray, y0: int, x0: int, height: int, width: int, part: Path,
-           geometry: _Geometry, kinds: list[dict[str, Any]], simplify: float) -> ChunkObjects:
-    lines: list[str] = []
-    found = chunk_objects(block, y0, x0, height, width,
-                          lambda v, p: lines.append(_feature(v, p, geometry, kinds, simplify)))
-    if lines:
-        part.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return found
+           spool: BorderPieces, geometry: _Geometry, kinds: list[dict[str, Any]],
+           simplify: float) -> ChunkObjects:
+    def emit(objects: Outlines) -> None:
+        part.write_bytes(b",\n".join(_features(objects, geometry, kinds, simplify)))
+
+    return chunk_objects(block, y0, x0, height, width, spool, emit)
 
 
 def _crs_member(crs: str | None) -> dict[str, Any]:
@@ -109,27 +127,30 @@ def _crs_member(crs: str | None) -> dict[str, Any]:
     return {"crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}}
 
 
-def _assemble(chunks: list[ChunkObjects], parts: Path, temp: Path, header: dict[str, Any],
-              geometry: _Geometry, kinds: list[dict[str, Any]], simplify: float,
-              record: Callable[[dict[str, Any]], None]) -> None:
-    _, complete, border = totals(chunks)
-    objects = {i: complete.get(i, 0) for i in range(1, len(kinds))}
+def _assemble(chunks: list[ChunkObjects], parts: Path, spool: BorderPieces, temp: Path,
+              header: dict[str, Any], geometry: _Geometry, kinds: list[dict[str, Any]],
+              simplify: float, record: Callable[[dict[str, Any]], None]) -> None:
+    found = totals(chunks)
+    objects = {i: found.objects.get(i, 0) for i in range(1, len(kinds))}
     head = json.dumps({"type": "FeatureCollection", **header}, separators=(",", ":"))[:-1]
     try:
-        with temp.open("w", encoding="utf-8") as out:
-            out.write(head + ',"features":[\n')
+        with temp.open("wb") as out:
+            out.write(head.encode() + b',"features":[\n')
             first = True
             for part in sorted(parts.glob("*.jsonl")):
-                with part.open(encoding="utf-8") as lines:
-                    for line in lines:
-                        out.write(("" if first else ",\n") + line.rstrip("\n"))
-                        first = False
-            for value, poly in merge_border(border):
-                objects[value] = objects.get(value, 0) + 1
-                out.write(("" if first else ",\n")
-                          + _feature(value, poly, geometry, kinds, simplify))
+                # Each part holds its chunk's features, already separated by ",\n".
+                if not first:
+                    out.write(b",\n")
+                with part.open("rb") as features:
+                    shutil.copyfileobj(features, out, 1 << 20)
                 first = False
-            out.write("\n]}\n")
+            for merged in merge_border(found.border, spool):
+                for value in merged.values.tolist():
+                    objects[value] = objects.get(value, 0) + 1
+                for line in _features(merged, geometry, kinds, simplify):
+                    out.write((b"" if first else b",\n") + line)
+                    first = False
+            out.write(b"\n]}\n")
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     record({"objects": {_kind(kinds, v)["name"]: n for v, n in sorted(objects.items())}})
@@ -141,7 +162,7 @@ class GeoJsonWriter:
     name = "geojson"
 
     def write(self, raster: Raster, path: Path, *, overwrite: bool = False,
-              simplify: float = 0.0, chunk: int = 1024, **_: Any) -> Sink:
+              simplify: float = 0.0, chunk: int = 2048, **_: Any) -> Sink:
         """``simplify``: tolerance in output units (level-0 pixels, or CRS units); 0 keeps
         the pixel outlines. ``chunk``: pixels per side vectorised together."""
         import dask
@@ -152,15 +173,16 @@ class GeoJsonWriter:
         temp = TemporaryOutput(path, overwrite)
         parts = temp.temp.with_name(temp.temp.name + ".parts")
         parts.mkdir()
+        spool = BorderPieces(parts / "border.wkb")
         found = per_chunk(raster.levels[0], chunk,
                           lambda block, y0, x0, h, w: dask.delayed(_chunk)(
                               block, y0, x0, h, w, parts / f"{y0:09d}_{x0:09d}.jsonl",
-                              geometry, kinds, simplify))
+                              spool, geometry, kinds, simplify))
         header: dict[str, Any] = _crs_member(raster.crs) if geometry.geo else {}
         header["wfe"] = {"classes": classes, "coordinates": "crs" if geometry.geo
                          else "level-0 pixels", "source": raster.attrs.get("source")}
         sink = Sink(path=path, finalize=temp.commit)
-        sink.work = [dask.delayed(_assemble)(found, parts, temp.temp, header, geometry,
+        sink.work = [dask.delayed(_assemble)(found, parts, spool, temp.temp, header, geometry,
                                              kinds, simplify, sink.summary.update)]
 
         def discard() -> None:

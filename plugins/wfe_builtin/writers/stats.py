@@ -14,17 +14,26 @@ from typing import Any
 from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
 from wfe_builtin.writers._labels import label_classes
-from wfe_builtin.writers._objects import ChunkObjects, chunk_objects, merge_border, per_chunk, totals
+from wfe_builtin.writers._objects import (
+    BorderPieces,
+    ChunkObjects,
+    chunk_objects,
+    merge_border,
+    per_chunk,
+    totals,
+)
 
 __all__ = ["StatsWriter", "class_table"]
 
 
-def class_table(chunks: list[ChunkObjects], classes: list[str], pixel_area: float | None,
-                unit: str | None) -> list[dict[str, Any]]:
+def class_table(chunks: list[ChunkObjects], spool: BorderPieces, classes: list[str],
+                pixel_area: float | None, unit: str | None) -> list[dict[str, Any]]:
     """One row per class: name, pixels, area (in ``unit``), objects (none for background)."""
-    pixels, objects, border = totals(chunks)
-    for value, _ in merge_border(border):
-        objects[value] = objects.get(value, 0) + 1
+    found = totals(chunks)
+    pixels, objects = found.pixels, found.objects
+    for merged in merge_border(found.border, spool):
+        for value in merged.values.tolist():
+            objects[value] = objects.get(value, 0) + 1
     rows = []
     for value, name in enumerate(classes):
         n = pixels.get(value, 0)
@@ -34,10 +43,13 @@ def class_table(chunks: list[ChunkObjects], classes: list[str], pixel_area: floa
     return rows
 
 
-def _write(chunks: list[ChunkObjects], temp: Path, classes: list[str],
+def _write(chunks: list[ChunkObjects], spool: BorderPieces, temp: Path, classes: list[str],
            pixel_area: float | None, unit: str | None,
            record: Callable[[dict[str, Any]], None]) -> None:
-    rows = class_table(chunks, classes, pixel_area, unit)
+    try:
+        rows = class_table(chunks, spool, classes, pixel_area, unit)
+    finally:
+        spool.path.unlink(missing_ok=True)
     with temp.open("w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -51,7 +63,7 @@ class StatsWriter:
 
     name = "csv"
 
-    def write(self, raster: Raster, path: Path, *, overwrite: bool = False, chunk: int = 1024,
+    def write(self, raster: Raster, path: Path, *, overwrite: bool = False, chunk: int = 2048,
               **_: Any) -> Sink:
         import dask
 
@@ -60,10 +72,16 @@ class StatsWriter:
         pixel_area = None if res is None else res[0] * res[0]
         unit = None if raster.unit is None else f"{raster.unit}²"
         temp = TemporaryOutput(path, overwrite)
+        spool = BorderPieces(temp.temp.with_name(temp.temp.name + ".border"))
         found = per_chunk(raster.levels[0], chunk,
                           lambda block, y0, x0, h, w: dask.delayed(chunk_objects)(
-                              block, y0, x0, h, w, None))
-        sink = Sink(path=path, finalize=temp.commit, abort=temp.discard)
-        sink.work = [dask.delayed(_write)(found, temp.temp, classes, pixel_area, unit,
+                              block, y0, x0, h, w, spool, None))
+
+        def discard() -> None:
+            spool.path.unlink(missing_ok=True)
+            temp.discard()
+
+        sink = Sink(path=path, finalize=temp.commit, abort=discard)
+        sink.work = [dask.delayed(_write)(found, spool, temp.temp, classes, pixel_area, unit,
                                           sink.summary.update)]
         return sink

@@ -1,0 +1,252 @@
+"""Outlines of the 4-connected objects of a label array, as polygons on pixel edges.
+
+Why not GDAL's polygonize (``rasterio.features.shapes``): it holds the GIL, scans
+about 37 Mpixel/s, and hands every polygon back as nested Python lists that
+must be turned into shapely objects one by one; a 40,000² label image with
+100,000 objects took 7.6× as long to vectorise as its source takes to decode.
+Here every step is an array operation (numpy, shapely's vectorised
+constructors), so the cost per pixel is a few comparisons and chunks run in
+parallel threads. The result is the same geometry GDAL gives with
+``connectivity=4`` (a test compares the two on random labels).
+
+How: each object pixel side that faces another value is a boundary edge,
+directed so the object lies on its right. From the 2×2 pixels around an edge's
+end the next edge of the same outline follows: turn right if the pixel ahead is
+not the object, else go straight if the pixel ahead-left is not the object, else
+turn left. Turning right first hugs each pixel, which keeps objects that touch
+only at a corner apart (4-connectivity) and makes every ring simple. The edges
+form cycles, one per ring, which are ordered by pointer jumping; only corner
+vertices are kept. Rings with positive area (in x right, y down) are outer
+boundaries, the others are holes, each given to the smallest outer ring of
+its class that contains it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Outlines", "Seams", "outlines"]
+
+# Per side of a pixel (0 top, 1 right, 2 bottom, 3 left): the edge's start corner
+# (dx, dy) and its direction, going round the pixel with the pixel on the right.
+_START = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.int64)
+_STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.int64)
+
+
+@dataclass(frozen=True)
+class Seams:
+    """Which sides of a chunk border other chunks."""
+
+    top: bool = False
+    bottom: bool = False
+    left: bool = False
+    right: bool = False
+
+
+@dataclass
+class Outlines:
+    """Objects of a label array: class, polygon (pixel-edge coordinates, holes kept),
+    area in pixels; index ``i`` of each field is the same object."""
+
+    values: np.ndarray
+    polygons: np.ndarray
+    areas: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _edges(padded: np.ndarray) -> list[np.ndarray]:
+    """Boundary edges of the padded array: for each side (top, right, bottom, left),
+    the flat indices of the pixels with a boundary on that side, ascending."""
+    cols = padded.shape[1]
+    flat = padded.ravel()
+    sides: list[np.ndarray] = [np.empty(0, np.int64)] * 4
+    for offset, side in ((1, 1), (cols, 2)):  # right / bottom neighbours
+        a = np.flatnonzero(flat[:-offset] != flat[offset:])  # the padding keeps rows apart
+        b = a + offset
+        sides[side] = a[flat[a] > 0]
+        sides[(side + 2) % 4] = b[flat[b] > 0]
+    return sides
+
+
+def _successors(sides: list[np.ndarray], flat: np.ndarray,
+                ahead_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel and side of every edge (side by side), and the index of the edge that
+    follows each one on its outline."""
+    pixel = np.concatenate(sides)
+    side = np.repeat(np.arange(4), [len(s) for s in sides])
+    value = flat[pixel]
+    left_of = ahead_of[(side + 3) & 3]
+    ahead = pixel + ahead_of[side]
+    diagonal = ahead + left_of
+    turn_right = flat[ahead] != value
+    straight = flat[diagonal] != value
+    next_pixel = np.where(turn_right, pixel, np.where(straight, ahead, diagonal))
+    next_side = np.where(turn_right, (side + 1) & 3, np.where(straight, side, (side + 3) & 3))
+    offsets = np.cumsum([0] + [len(s) for s in sides])
+    succ = np.empty(len(pixel), np.int64)
+    for s in range(4):
+        going = next_side == s
+        succ[going] = offsets[s] + np.searchsorted(sides[s], next_pixel[going])
+    return pixel, side, succ
+
+
+def _ring_order(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges ordered ring by ring along each ring, and each ordered edge's ring label
+    (the smallest edge index in its ring)."""
+    n = len(succ)
+    first = np.arange(n)
+    jump = succ
+    while True:  # smallest index within 2^k steps, doubling k until it stops changing
+        lower = np.minimum(first, first[jump])
+        if np.array_equal(lower, first):
+            break
+        first, jump = lower, jump[jump]
+    # Steps to the ring's last edge, cutting each ring just before its first edge.
+    nxt = np.append(np.where(succ == first, n, succ), n)
+    steps = np.append((nxt[:-1] != n).astype(np.int64), 0)
+    while (nxt[:-1] != n).any():
+        steps = steps + steps[nxt]
+        nxt = nxt[nxt]
+    # Place each edge directly: rings in order of their first edge, then along the ring.
+    heads = np.flatnonzero(first == np.arange(n))
+    length = steps[heads] + 1
+    ring_at = np.zeros(n, np.int64)
+    ring_at[heads] = np.cumsum(length) - length
+    position = ring_at[first] + length[np.searchsorted(heads, first)] - 1 - steps[:-1]
+    order = np.empty(n, np.int64)
+    order[position] = np.arange(n)
+    return order, first[order]
+
+
+def _corners(labels: np.ndarray, seams: Seams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Corner vertices ``(x, y)`` of every ring of ``labels`` (and every vertex on the
+    ``seams``), ring by ring, the ring of each vertex (0, 1, ... in order), and each
+    ring's class."""
+    padded = np.zeros((labels.shape[0] + 2, labels.shape[1] + 2), labels.dtype)
+    padded[1:-1, 1:-1] = labels  # C order whatever the chunk's layout, so ravel is a view
+    flat = padded.ravel()
+    cols = padded.shape[1]
+    sides = _edges(padded)
+    if not sum(map(len, sides)):
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, labels.dtype)
+    pixel, side, succ = _successors(sides, flat, np.array([1, cols, -1, -cols], np.int64))
+    order, ring = _ring_order(succ)
+    side = side[order]
+    new_ring = np.r_[True, ring[1:] != ring[:-1]]
+    starts = np.flatnonzero(new_ring)
+    before = np.roll(side, 1)
+    before[starts] = side[np.r_[starts[1:], len(side)] - 1]
+    corner = side != before  # where the outline turns
+    h, w = labels.shape
+    if seams.top or seams.bottom or seams.left or seams.right:
+        # Every vertex on a seam is kept: x, y of each edge's start.
+        x = pixel[order] % cols - 1 + _START[side, 0]
+        y = pixel[order] // cols - 1 + _START[side, 1]
+        for on, coord, at in ((seams.top, y, 0), (seams.bottom, y, h), (seams.left, x, 0),
+                              (seams.right, x, w)):
+            if on:
+                corner |= coord == at
+    kept = order[corner]
+    kept_pixel, kept_side = pixel[kept], side[corner]
+    xy = np.stack([kept_pixel % cols - 1, kept_pixel // cols - 1], axis=1) + _START[kept_side]
+    return xy, np.cumsum(new_ring)[corner] - 1, flat[pixel[order[starts]]]
+
+
+def _split_pinched(xy: np.ndarray, ring_of: np.ndarray, value: np.ndarray,
+                   span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rings that pass a vertex twice (two regions touching at a corner) cut into
+    simple loops there, as GEOS wants them; ``span`` bounds the coordinates."""
+    key = (ring_of * span + xy[:, 1]) * span + xy[:, 0]
+    ordered = np.sort(key)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):
+        return xy, ring_of, value
+    pinched = np.unique(repeated // (span * span))
+    bad = np.isin(ring_of, pinched)
+    kept, renumbered = np.unique(ring_of[~bad], return_inverse=True)
+    loops: list[list[tuple[int, int]]] = []
+    loop_value: list[int] = []
+    for r in pinched:
+        for loop in _loops(list(map(tuple, xy[ring_of == r].tolist()))):
+            loops.append(loop)
+            loop_value.append(value[r])
+    extra = np.concatenate([np.full(len(loop), len(kept) + i) for i, loop in enumerate(loops)])
+    return (np.concatenate([xy[~bad], np.array([p for loop in loops for p in loop], np.int64)]),
+            np.concatenate([renumbered, extra]),
+            np.concatenate([value[kept], np.array(loop_value, value.dtype)]))
+
+
+def _loops(points: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """A closed path cut into loops at the points it visits twice."""
+    path: list[tuple[int, int]] = []
+    seen: dict[tuple[int, int], int] = {}
+    loops = []
+    for p in points:
+        if p in seen:
+            i = seen[p]
+            loops.append(path[i:])
+            for q in path[i + 1:]:
+                del seen[q]
+            del path[i + 1:]
+        else:
+            seen[p] = len(path)
+            path.append(p)
+    loops.append(path)
+    return loops
+
+
+def outlines(labels: np.ndarray, y0: int = 0, x0: int = 0,
+             seams: Seams | None = None) -> Outlines:
+    """The 4-connected objects of the 2-D integer ``labels`` (0 is background), with
+    coordinates of the pixel grid offset by ``(x0, y0)``: pixel (i, j) spans
+    ``[x0 + j, x0 + j + 1] × [y0 + i, y0 + i + 1]``. Along the ``seams`` (sides
+    shared with other chunks) every pixel corner is a vertex, so pieces of one object
+    on either side share their vertices there and join by a coverage union."""
+    import shapely
+
+    xy, ring_of, value = _split_pinched(*_corners(labels, seams or Seams()),
+                                        max(labels.shape) + 2)
+    if not len(xy):
+        return Outlines(np.zeros(0, labels.dtype), np.zeros(0, object), np.zeros(0, np.int64))
+    starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
+    after = np.roll(xy, -1, axis=0)
+    after[np.r_[starts[1:], len(xy)] - 1] = xy[starts]
+    area = np.add.reduceat(xy[:, 0] * after[:, 1] - after[:, 0] * xy[:, 1], starts) // 2
+    outer = np.flatnonzero(area > 0)
+    coords = (xy + np.array([x0, y0])).astype(np.float64)
+    rings = shapely.linearrings(coords, indices=ring_of)
+    owner = np.full(len(area), -1, np.int64)
+    owner[outer] = np.arange(len(outer))
+    holes = np.flatnonzero(area < 0)
+    if len(holes):
+        # A point on each hole's first side: inside its object's outer ring, on no other.
+        probes = (coords[starts[holes]] + coords[starts[holes] + 1]) / 2
+        owner[holes] = _owners(holes, outer, rings, area, value, probes)
+    rank = np.lexsort((area < 0, owner))
+    polygons = shapely.polygons(rings[rank], indices=owner[rank])
+    areas = np.bincount(owner, weights=area, minlength=len(outer)).astype(np.int64)
+    return Outlines(value[outer], polygons, areas)
+
+
+def _owners(holes: np.ndarray, outer: np.ndarray, rings: np.ndarray, area: np.ndarray,
+            value: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """For each hole ring, the index (among ``outer``) of the smallest outer ring of its
+    class around its probe point."""
+    import shapely
+
+    shells = shapely.polygons(rings[outer])
+    tree = shapely.STRtree(shells)
+    hole, shell = tree.query(shapely.points(probes), predicate="within")
+    same = value[holes[hole]] == value[outer[shell]]
+    hole, shell = hole[same], shell[same]
+    pick = np.lexsort((area[outer[shell]], hole))
+    hole, shell = hole[pick], shell[pick]
+    first = np.r_[True, hole[1:] != hole[:-1]]
+    owner = np.full(len(holes), -1, np.int64)
+    owner[hole[first]] = shell[first]
+    return owner
+
