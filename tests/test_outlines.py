@@ -43,6 +43,9 @@ def test_outlines_are_gdal_polygonize_with_4_connectivity(labels, y0, x0):
     gdal = [(int(v), shapely.affinity.translate(shape(g), x0, y0))
             for g, v in shapes(labels, mask=labels > 0, connectivity=4)]
     assert shapely.is_valid(ours.polygons).all()
+    assert shapely.is_ccw(shapely.get_exterior_ring(ours.polygons)).all()
+    holes = [h for p in ours.polygons for h in p.interiors]
+    assert not shapely.is_ccw(np.array(holes, dtype=object)).any()
     assert _normal(ours.values, ours.polygons) == _normal(
         np.array([v for v, _ in gdal]), np.array([g for _, g in gdal], dtype=object))
     np.testing.assert_array_equal(ours.areas, shapely.area(ours.polygons))
@@ -80,6 +83,7 @@ def test_chunked_objects_merge_into_the_whole_image_objects(labels, chunk, batch
     polygons = np.concatenate([p.polygons for p in parts] or [np.zeros(0, object)])
     whole = outlines(labels)
     assert shapely.is_valid(polygons).all()
+    assert shapely.is_ccw(shapely.get_exterior_ring(polygons)).all()
     assert _normal(values, polygons) == _normal(whole.values, whole.polygons)
     for value in range(4):
         assert found.pixels.get(value, 0) == int((labels == value).sum())

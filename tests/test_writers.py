@@ -114,6 +114,7 @@ def test_geojson_objects_are_whole_aligned_and_keep_holes(shapes_run):
     assert props["objectType"] == "annotation"
     polys = [shape(f["geometry"]) for f in features]
     assert sorted(len(p.interiors) for p in polys) == [0, 0, 1]  # the ring keeps its hole
+    assert all(p.exterior.is_ccw and not any(h.is_ccw for h in p.interiors) for p in polys)
     drawn = rasterize([(p, 1) for p in polys], out_shape=truth.shape).astype(bool)
     assert _iou(drawn, truth) >= 0.99
     # Centroids in level-0 pixel coordinates (pixel i spans [i, i + 1)): within half a
@@ -174,6 +175,8 @@ def test_geojson_of_geodata_is_in_the_crs(scene_run):
     assert data["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
     polys = [shape(f["geometry"]) for f in data["features"]]
     assert len(polys) == 1  # one swath, though cut into 64-pixel chunks
+    # RFC 7946: outer rings counter-clockwise in the CRS (the raster's y axis points down).
+    assert polys[0].exterior.is_ccw
     with rasterio.open(src) as source:
         drawn = rasterize([(p, 1) for p in polys], out_shape=source.shape,
                           transform=source.transform).astype(bool)

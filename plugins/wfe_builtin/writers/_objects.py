@@ -25,8 +25,8 @@ import numpy as np
 
 from wfe_builtin.writers._outlines import Outlines, Seams, outlines
 
-__all__ = ["BorderPieces", "ChunkObjects", "Totals", "chunk_objects", "merge_border",
-           "per_chunk", "totals"]
+__all__ = ["MERGE_SHARES", "BorderPieces", "ChunkObjects", "Totals", "chunk_objects",
+           "merge_border", "per_chunk", "totals"]
 
 #: One record per border piece: its class, bounding box, and bytes in the spool file.
 PIECE = np.dtype([("value", np.int64), ("minx", np.float64), ("miny", np.float64),
@@ -97,18 +97,27 @@ def chunk_objects(block: np.ndarray, y0: int, x0: int, height: int, width: int,
     return out
 
 
-def merge_border(pieces: np.ndarray, spool: BorderPieces,
-                 batch: int = 512) -> Iterator[Outlines]:
+#: Merging is split into this many tasks that run in parallel (GEOS releases the GIL);
+#: fixed, so that the output does not depend on the machine.
+MERGE_SHARES = 8
+
+
+def merge_border(pieces: np.ndarray, spool: BorderPieces, batch: int = 512,
+                 share: int = 0, shares: int = 1) -> Iterator[Outlines]:
     """The objects the border ``pieces`` form, one polygon each, about ``batch`` pieces
-    at a time."""
+    at a time; of those batches, only every ``shares``-th from ``share`` on."""
     import shapely
 
     if not len(pieces):
         return
+    number = -1
     with spool.path.open("rb") as file:
         for value in np.unique(pieces["value"]).tolist():
             mine = pieces[pieces["value"] == value]
             for groups in _batches(_touching(mine), batch):
+                number += 1
+                if number % shares != share:
+                    continue
                 members = np.concatenate(groups)
                 geoms = np.empty(len(mine), object)
                 geoms[members] = shapely.from_wkb(
@@ -123,7 +132,8 @@ def merge_border(pieces: np.ndarray, spool: BorderPieces,
                 for i, group in enumerate(groups):
                     table[i, :len(group)] = geoms[group]
                 union = shapely.coverage_union_all(table, axis=1)
-                parts = shapely.simplify(shapely.get_parts(union), 0, preserve_topology=False)
+                parts = shapely.orient_polygons(shapely.simplify(
+                    shapely.get_parts(union), 0, preserve_topology=False))
                 yield Outlines(np.full(len(parts), value, np.int64), parts,
                                np.rint(shapely.area(parts)).astype(np.int64))
 

@@ -47,8 +47,9 @@ class Seams:
 
 @dataclass
 class Outlines:
-    """Objects of a label array: class, polygon (pixel-edge coordinates, holes kept),
-    area in pixels; index ``i`` of each field is the same object."""
+    """Objects of a label array: class, polygon (pixel-edge coordinates, holes kept,
+    outer ring counter-clockwise, holes clockwise), area in pixels; index ``i`` of each
+    field is the same object."""
 
     values: np.ndarray
     polygons: np.ndarray

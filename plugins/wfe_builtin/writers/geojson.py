@@ -26,8 +26,10 @@ from wfe.resolution import source_pixel_size
 from wfe.sink import Sink, TemporaryOutput
 from wfe_builtin.writers._labels import label_classes, rgb_of
 from wfe_builtin.writers._objects import (
+    MERGE_SHARES,
     BorderPieces,
     ChunkObjects,
+    Totals,
     chunk_objects,
     merge_border,
     per_chunk,
@@ -53,17 +55,36 @@ class _Geometry:
             self.unit = "µm²" if res is not None else "px²"
         self.pixel_area = 1.0 if res is None else res[0] * res[0]
 
-    def place(self, polygons: np.ndarray) -> np.ndarray:
-        """The polygons in output coordinates, outer rings counter-clockwise (RFC 7946)."""
-        import shapely
-
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        """Label-pixel coordinates ``(n, 2)`` in output units."""
         if self.geo:
             a, b, c, d, e, f = self.affine
-            matrix, offset = np.array([[a, d], [b, e]]), np.array([c, f])
-            polygons = shapely.transform(polygons, lambda xy: xy @ matrix + offset)
-        elif self.scale != 1.0:
-            polygons = shapely.transform(polygons, lambda xy: xy * self.scale)
-        return shapely.orient_polygons(polygons)
+            return xy @ np.array([[a, d], [b, e]]) + np.array([c, f])
+        return xy * self.scale if self.scale != 1.0 else xy
+
+    @property
+    def flips(self) -> bool:
+        """Whether the output's axes turn rings the other way round (north-up rasters)."""
+        return self.geo and self.affine[0] * self.affine[4] - self.affine[1] * self.affine[3] < 0
+
+    def place(self, polygons: np.ndarray,
+              simplify: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coordinates of ``polygons`` (outer rings counter-clockwise in label pixels) in
+        output units, outer rings still counter-clockwise (RFC 7946), as shapely's
+        ragged arrays: coordinates, ring offsets, polygon offsets."""
+        import shapely
+
+        if simplify > 0:
+            polygons = shapely.simplify(shapely.transform(polygons, self.apply), simplify,
+                                        preserve_topology=True)
+            _, coords, (ring_at, polygon_at) = shapely.to_ragged_array(polygons)
+        else:
+            _, coords, (ring_at, polygon_at) = shapely.to_ragged_array(polygons)
+            coords = self.apply(coords)
+        if self.flips:  # every ring backwards
+            ring = np.repeat(np.arange(len(ring_at) - 1), np.diff(ring_at))
+            coords = coords[ring_at[ring] + ring_at[ring + 1] - 1 - np.arange(len(coords))]
+        return coords, ring_at, polygon_at
 
 
 def _kinds(classes: list[str], colors: list[str]) -> list[dict[str, Any]]:
@@ -84,26 +105,23 @@ def _features(objects: Outlines, geometry: _Geometry, kinds: list[dict[str, Any]
     the GIL, and the coordinates are most of a GeoJSON file.
     """
     import orjson
-    import shapely
 
-    placed = geometry.place(objects.polygons)
-    if simplify > 0:
-        placed = shapely.simplify(placed, simplify, preserve_topology=True)
-    _, coords, (ring_at, polygon_at) = shapely.to_ragged_array(placed)
+    coords, ring_at, polygon_at = geometry.place(objects.polygons, simplify)
     if np.array_equal(coords, np.rint(coords)) and np.abs(coords).max(initial=0) < 2 ** 53:
         coords = coords.astype(np.int64)
-    kind = {int(v): _kind(kinds, int(v)) for v in np.unique(objects.values)}
+    # Everything but the coordinates and the area is the same for all objects of a class.
+    start = b'{"type":"Feature","geometry":{"type":"Polygon","coordinates":'
+    middle = {v: b'},"properties":{"objectType":"annotation","classification":'
+              + orjson.dumps(_kind(kinds, v)) + b',"class":' + orjson.dumps(_kind(kinds, v)["name"])
+              + b',"area":' for v in np.unique(objects.values).tolist()}
+    end = b',"area_unit":' + orjson.dumps(geometry.unit) + b"}}"
     areas = (objects.areas * geometry.pixel_area).tolist()
     lines = []
     for i, (value, area) in enumerate(zip(objects.values.tolist(), areas, strict=True)):
         rings = [coords[ring_at[r]:ring_at[r + 1]]
                  for r in range(polygon_at[i], polygon_at[i + 1])]
-        lines.append(orjson.dumps(
-            {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
-             "properties": {"objectType": "annotation", "classification": kind[value],
-                            "class": kind[value]["name"], "area": round(area, 6),
-                            "area_unit": geometry.unit}},
-            option=orjson.OPT_SERIALIZE_NUMPY))
+        lines.append(start + orjson.dumps(rings, option=orjson.OPT_SERIALIZE_NUMPY)
+                     + middle[value] + orjson.dumps(round(area, 6)) + end)
     return lines
 
 
@@ -127,29 +145,45 @@ def _crs_member(crs: str | None) -> dict[str, Any]:
     return {"crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}}
 
 
-def _assemble(chunks: list[ChunkObjects], parts: Path, spool: BorderPieces, temp: Path,
-              header: dict[str, Any], geometry: _Geometry, kinds: list[dict[str, Any]],
-              simplify: float, record: Callable[[dict[str, Any]], None]) -> None:
-    found = totals(chunks)
+def _merge_share(found: Totals, spool: BorderPieces, share: int, part: Path,
+                 geometry: _Geometry, kinds: list[dict[str, Any]],
+                 simplify: float) -> dict[int, int]:
+    """Features of one share of the merged border objects, into ``part``; objects per class."""
+    objects: dict[int, int] = {}
+    with part.open("wb") as out:
+        for merged in merge_border(found.border, spool, share=share, shares=MERGE_SHARES):
+            for value in merged.values.tolist():
+                objects[value] = objects.get(value, 0) + 1
+            if out.tell():
+                out.write(b",\n")
+            out.write(b",\n".join(_features(merged, geometry, kinds, simplify)))
+    return objects
+
+
+def _assemble(found: Totals, merged: list[dict[str, int]], parts: Path, temp: Path,
+              header: dict[str, Any], kinds: list[dict[str, Any]],
+              record: Callable[[dict[str, Any]], None]) -> None:
+    """The FeatureCollection: the chunks' complete objects in image order, then the
+    merged ones, copied from the part files (each holds features separated by ",\n")."""
     objects = {i: found.objects.get(i, 0) for i in range(1, len(kinds))}
+    for share in merged:
+        for value, n in share.items():
+            objects[value] = objects.get(value, 0) + n
     head = json.dumps({"type": "FeatureCollection", **header}, separators=(",", ":"))[:-1]
+    order = sorted(parts.glob("chunk-*.jsonl")) + [parts / f"merged-{k}.jsonl"
+                                                  for k in range(len(merged))]
     try:
         with temp.open("wb") as out:
             out.write(head.encode() + b',"features":[\n')
             first = True
-            for part in sorted(parts.glob("*.jsonl")):
-                # Each part holds its chunk's features, already separated by ",\n".
+            for part in order:
+                if not part.exists() or not part.stat().st_size:
+                    continue
                 if not first:
                     out.write(b",\n")
                 with part.open("rb") as features:
                     shutil.copyfileobj(features, out, 1 << 20)
                 first = False
-            for merged in merge_border(found.border, spool):
-                for value in merged.values.tolist():
-                    objects[value] = objects.get(value, 0) + 1
-                for line in _features(merged, geometry, kinds, simplify):
-                    out.write((b"" if first else b",\n") + line)
-                    first = False
             out.write(b"\n]}\n")
     finally:
         shutil.rmtree(parts, ignore_errors=True)
@@ -176,14 +210,18 @@ class GeoJsonWriter:
         spool = BorderPieces(parts / "border.wkb")
         found = per_chunk(raster.levels[0], chunk,
                           lambda block, y0, x0, h, w: dask.delayed(_chunk)(
-                              block, y0, x0, h, w, parts / f"{y0:09d}_{x0:09d}.jsonl",
+                              block, y0, x0, h, w, parts / f"chunk-{y0:09d}-{x0:09d}.jsonl",
                               spool, geometry, kinds, simplify))
         header: dict[str, Any] = _crs_member(raster.crs) if geometry.geo else {}
         header["wfe"] = {"classes": classes, "coordinates": "crs" if geometry.geo
                          else "level-0 pixels", "source": raster.attrs.get("source")}
         sink = Sink(path=path, finalize=temp.commit)
-        sink.work = [dask.delayed(_assemble)(found, parts, spool, temp.temp, header, geometry,
-                                             kinds, simplify, sink.summary.update)]
+        plan = dask.delayed(totals)(found)
+        merged = [dask.delayed(_merge_share)(plan, spool, k, parts / f"merged-{k}.jsonl",
+                                             geometry, kinds, simplify)
+                  for k in range(MERGE_SHARES)]
+        sink.work = [dask.delayed(_assemble)(plan, merged, parts, temp.temp, header, kinds,
+                                             sink.summary.update)]
 
         def discard() -> None:
             shutil.rmtree(parts, ignore_errors=True)

@@ -15,8 +15,9 @@ from wfe.raster import Raster
 from wfe.sink import Sink, TemporaryOutput
 from wfe_builtin.writers._labels import label_classes
 from wfe_builtin.writers._objects import (
+    MERGE_SHARES,
     BorderPieces,
-    ChunkObjects,
+    Totals,
     chunk_objects,
     merge_border,
     per_chunk,
@@ -26,30 +27,36 @@ from wfe_builtin.writers._objects import (
 __all__ = ["StatsWriter", "class_table"]
 
 
-def class_table(chunks: list[ChunkObjects], spool: BorderPieces, classes: list[str],
-                pixel_area: float | None, unit: str | None) -> list[dict[str, Any]]:
-    """One row per class: name, pixels, area (in ``unit``), objects (none for background)."""
-    found = totals(chunks)
-    pixels, objects = found.pixels, found.objects
-    for merged in merge_border(found.border, spool):
+def _count_share(found: Totals, spool: BorderPieces, share: int) -> dict[int, int]:
+    """Objects per class in one share of the merged border objects."""
+    objects: dict[int, int] = {}
+    for merged in merge_border(found.border, spool, share=share, shares=MERGE_SHARES):
         for value in merged.values.tolist():
             objects[value] = objects.get(value, 0) + 1
+    return objects
+
+
+def class_table(found: Totals, merged: list[dict[int, int]], classes: list[str],
+                pixel_area: float | None, unit: str | None) -> list[dict[str, Any]]:
+    """One row per class: name, pixels, area (in ``unit``), objects (none for background)."""
+    objects = dict(found.objects)
+    for share in merged:
+        for value, n in share.items():
+            objects[value] = objects.get(value, 0) + n
     rows = []
     for value, name in enumerate(classes):
-        n = pixels.get(value, 0)
+        n = found.pixels.get(value, 0)
         rows.append({"class": name, "value": value, "pixels": n,
                      "area": None if pixel_area is None else round(n * pixel_area, 6),
                      "area_unit": unit, "objects": None if value == 0 else objects.get(value, 0)})
     return rows
 
 
-def _write(chunks: list[ChunkObjects], spool: BorderPieces, temp: Path, classes: list[str],
-           pixel_area: float | None, unit: str | None,
+def _write(found: Totals, merged: list[dict[int, int]], spool: BorderPieces, temp: Path,
+           classes: list[str], pixel_area: float | None, unit: str | None,
            record: Callable[[dict[str, Any]], None]) -> None:
-    try:
-        rows = class_table(chunks, spool, classes, pixel_area, unit)
-    finally:
-        spool.path.unlink(missing_ok=True)
+    spool.path.unlink(missing_ok=True)
+    rows = class_table(found, merged, classes, pixel_area, unit)
     with temp.open("w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -82,6 +89,8 @@ class StatsWriter:
             temp.discard()
 
         sink = Sink(path=path, finalize=temp.commit, abort=discard)
-        sink.work = [dask.delayed(_write)(found, spool, temp.temp, classes, pixel_area, unit,
-                                          sink.summary.update)]
+        plan = dask.delayed(totals)(found)
+        merged = [dask.delayed(_count_share)(plan, spool, k) for k in range(MERGE_SHARES)]
+        sink.work = [dask.delayed(_write)(plan, merged, spool, temp.temp, classes, pixel_area,
+                                          unit, sink.summary.update)]
         return sink
