@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Sink", "TemporaryOutput"]
+__all__ = ["Sink", "TemporaryOutput", "chunks_of"]
+
+
+def chunks_of(*arrays: Any) -> list[Any]:
+    """One Delayed per chunk of each dask array, sharing the arrays' keys.
+
+    Pass these, never the arrays themselves, to ``dask.delayed`` functions that must
+    run after the arrays: ``delayed`` optimises an array it is given on its own graph
+    and renames its keys, so its chunks would be computed again rather than shared
+    with the rest of the run.
+    """
+    return [d for a in arrays for d in a.to_delayed(optimize_graph=False).ravel()]
 
 
 @dataclass

@@ -17,11 +17,14 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from wfe.sink import chunks_of
+
 __all__ = ["spool", "tiles"]
 
 
 def spool(levels: list[da.Array], where: Path, tile: int, channels_last: bool = True) -> Any:
-    """Store each level as ``where/<i>`` with chunks of ``tile``² (all channels together
+    """Store each level as ``where/<i>``, in chunks of ``tile``² where the level's dask
+    chunks are multiples of it and in its dask chunks otherwise (all channels together
     when ``channels_last``, else one per chunk); a Delayed that computes to ``where``
     once every chunk is stored."""
     import dask
@@ -31,13 +34,20 @@ def spool(levels: list[da.Array], where: Path, tile: int, channels_last: bool = 
     group = zarr.open_group(str(where), mode="w")
     stores = []
     for i, lvl in enumerate(levels):
-        chunks = (lvl.shape[0] if channels_last else 1, tile, tile)
-        lvl = lvl.rechunk(chunks)
-        target = group.create_array(str(i), shape=lvl.shape, dtype=lvl.dtype, chunks=chunks,
+        planes = lvl.shape[0] if channels_last else 1
+        cy, cx = lvl.chunks[1][0], lvl.chunks[2][0]
+        lvl = lvl.rechunk((planes, cy, cx))  # regular, as zarr needs (a no-op when it is)
+        # Stored tiles never span two dask chunks, and no dask chunk is split or merged:
+        # a split would be fused with the chunk's computation (computing it once per
+        # tile), a merge would hold pyramid chunks until their neighbours are done.
+        stored = (planes, tile if cy % tile == 0 else cy, tile if cx % tile == 0 else cx)
+        target = group.create_array(str(i), shape=lvl.shape, dtype=lvl.dtype, chunks=stored,
                                     compressors=[ZstdCodec(level=1)],
                                     config={"write_empty_chunks": True})
         stores.append(da.store(lvl, target, lock=False, compute=False))
-    return dask.delayed(lambda *_: where)(*stores)
+    # Through the chunks (see ``chunks_of``): given the arrays, delayed would compute
+    # the source once per pyramid level.
+    return dask.delayed(lambda *_: where)(*chunks_of(*stores))
 
 
 def tiles(where: Path, level: int, tile: int, channels_last: bool) -> Iterator[np.ndarray]:

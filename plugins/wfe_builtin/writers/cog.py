@@ -21,7 +21,7 @@ import numpy as np
 
 from wfe.errors import WfeError
 from wfe.raster import Raster
-from wfe.sink import Sink, TemporaryOutput
+from wfe.sink import Sink, TemporaryOutput, chunks_of
 from wfe_builtin.writers._labels import label_classes, rgb_of
 
 __all__ = ["CogWriter"]
@@ -136,7 +136,8 @@ class CogWriter:
         if compression in ("deflate", "zstd", "lzw") and raster.dtype.kind in "ui":
             options["PREDICTOR"] = "2"
         tags = {"wfe_classes": json.dumps(raster.attrs["classes"])} if labels else {}
-        work = dask.delayed(_to_cog)(stored, target, temp.temp, options, colormap, tags)
+        work = dask.delayed(_to_cog)(chunks_of(stored), target, temp.temp, options, colormap,
+                                     tags)
 
         def discard() -> None:
             try:
