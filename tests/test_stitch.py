@@ -69,3 +69,31 @@ def test_skipped_windows_get_background(image):
                              chunk=256).compute()
     assert (out[:, :, :300] == np.array([7.0, 9.0])[:, None, None]).all()
     assert not (out[:, :, -100:] == 7.0).any()
+
+
+def test_each_image_chunk_is_read_once_though_regions_overlap():
+    """Neighbouring output chunks need overlapping image regions; each image chunk
+    (a decoded tile, say) must still be computed once, and shared with other users
+    of the image in the same compute."""
+    import threading
+    from collections import Counter
+
+    import dask
+
+    computed: Counter = Counter()
+    lock = threading.Lock()
+
+    def pixels(block_info=None):
+        (c0, c1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        with lock:
+            computed[(y0, x0)] += 1
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        return np.stack([np.sin(yy / 9.0) + np.cos(xx / 7.0)] * (c1 - c0)).astype(np.float32)
+
+    image = da.map_blocks(pixels, dtype=np.float32, chunks=((2,), (64,) * 6, (64,) * 6))
+    out = sliding_window_map(image, _toy_predict, out_channels=2, window=48, overlap=16,
+                             chunk=96)
+    thumbnail = image[:, ::8, ::8]
+    dask.compute(out, thumbnail, optimize_graph=False, scheduler="threads", num_workers=2)
+    assert len(computed) == 36
+    assert set(computed.values()) == {1}, computed

@@ -80,14 +80,15 @@ def _cut_own(result: tuple[np.ndarray, Part], box: Box) -> Part:
 
 
 def _finish(box: Box, background: np.ndarray, dtype: Any,
-            region: np.ndarray | None, starts: list[tuple[int, int]], origin: tuple[int, int],
+            region: list[Any] | None, starts: list[tuple[int, int]], origin: tuple[int, int],
             predict: Predict, window: int, weights: np.ndarray, out_channels: int,
             batch_size: int, *incoming: Part) -> tuple[np.ndarray, Part | None]:
-    """Predict a chunk's own windows, add the strips spilled into it, and blend."""
+    """Predict a chunk's own windows, add the strips spilled into it, and blend;
+    ``region`` is the image under those windows, as nested lists of its chunks."""
     own = None
     if starts:
-        own = _accumulate(region, starts, origin, predict, window, weights, out_channels,
-                          batch_size)
+        own = _accumulate(np.block(region), starts, origin, predict, window, weights,
+                          out_channels, batch_size)
     parts = [*incoming, *([own] if own is not None else [])]
     return _assemble(box, background, dtype, *parts), own
 
@@ -174,7 +175,12 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
                 ry1 = max(y for y, _ in starts) + window
                 rx1 = max(x for _, x in starts) + window
                 regions[(i, j)] = (ry0, ry1, rx0, rx1)
-                region, origin = image[:, ry0:ry1, rx0:rx1], (ry0, rx0)
+                # The region's chunks as Delayed objects sharing the image's keys (see
+                # ``wfe.sink.chunks_of``): given as an array, each region would be
+                # optimised on its own and the image chunks it shares with its
+                # neighbours (and with other stages) computed again.
+                region = image[:, ry0:ry1, rx0:rx1].to_delayed(optimize_graph=False).tolist()
+                origin = (ry0, rx0)
             task = dask.delayed(_finish, pure=True, nout=2)(
                 box, background, dtype, region, starts, origin, predict, window, weights,
                 out_channels, batch_size, *incoming)
