@@ -14,9 +14,10 @@ directed so the object lies on its right. From the 2×2 pixels around an edge's
 end the next edge of the same outline follows: turn right if the pixel ahead is
 not the object, else go straight if the pixel ahead-left is not the object, else
 turn left. Turning right first hugs each pixel, which keeps objects that touch
-only at a corner apart (4-connectivity) and makes every ring simple. The edges
-form cycles, one per ring, which are ordered by pointer jumping; only corner
-vertices are kept. Rings with positive area (in x right, y down) are outer
+only at a corner apart (4-connectivity). The edges form cycles, one per ring,
+which are ordered by pointer jumping; only corner vertices are kept. A ring that
+passes a corner twice (a hole meeting the outside, or another hole, at a corner)
+is cut there into simple loops, as GEOS wants them. Rings with positive area (in x right, y down) are outer
 boundaries, the others are holes, each given to the smallest outer ring of
 its class that contains it.
 """
@@ -29,10 +30,9 @@ import numpy as np
 
 __all__ = ["Outlines", "Seams", "outlines"]
 
-# Per side of a pixel (0 top, 1 right, 2 bottom, 3 left): the edge's start corner
-# (dx, dy) and its direction, going round the pixel with the pixel on the right.
+# Per side of a pixel (0 top, 1 right, 2 bottom, 3 left): the start corner (dx, dy)
+# of its edge, going round the pixel with the pixel on the right.
 _START = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.int64)
-_STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.int64)
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,10 @@ def _edges(padded: np.ndarray) -> list[np.ndarray]:
     return sides
 
 
-def _successors(sides: list[np.ndarray], flat: np.ndarray,
-                ahead_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel and side of every edge (side by side), and the index of the edge that
-    follows each one on its outline."""
+def _successors(sides: list[np.ndarray], flat: np.ndarray, ahead_of: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel and side of every edge (side by side), the index of the edge that follows
+    each one on its outline, and whether it ends at a corner contact."""
     pixel = np.concatenate(sides)
     side = np.repeat(np.arange(4), [len(s) for s in sides])
     value = flat[pixel]
@@ -92,7 +92,10 @@ def _successors(sides: list[np.ndarray], flat: np.ndarray,
     for s in range(4):
         going = next_side == s
         succ[going] = offsets[s] + np.searchsorted(sides[s], next_pixel[going])
-    return pixel, side, succ
+    # A right turn past a diagonal pixel of the same value is where a ring may meet
+    # itself at a corner.
+    corner_contact = turn_right & (flat[diagonal] == value)
+    return pixel, side, succ, corner_contact
 
 
 def _ring_order(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,18 +126,21 @@ def _ring_order(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, first[order]
 
 
-def _corners(labels: np.ndarray, seams: Seams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _corners(labels: np.ndarray, seams: Seams
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Corner vertices ``(x, y)`` of every ring of ``labels`` (and every vertex on the
-    ``seams``), ring by ring, the ring of each vertex (0, 1, ... in order), and each
-    ring's class."""
+    ``seams``), ring by ring, the ring of each vertex (0, 1, ... in order), each ring's
+    class, and the rings with a corner contact (that may pass a vertex twice)."""
     padded = np.zeros((labels.shape[0] + 2, labels.shape[1] + 2), labels.dtype)
     padded[1:-1, 1:-1] = labels  # C order whatever the chunk's layout, so ravel is a view
     flat = padded.ravel()
     cols = padded.shape[1]
     sides = _edges(padded)
     if not sum(map(len, sides)):
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, labels.dtype)
-    pixel, side, succ = _successors(sides, flat, np.array([1, cols, -1, -cols], np.int64))
+        return (np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, labels.dtype),
+                np.zeros(0, np.int64))
+    pixel, side, succ, contact = _successors(sides, flat,
+                                             np.array([1, cols, -1, -cols], np.int64))
     order, ring = _ring_order(succ)
     side = side[order]
     new_ring = np.r_[True, ring[1:] != ring[:-1]]
@@ -154,14 +160,20 @@ def _corners(labels: np.ndarray, seams: Seams) -> tuple[np.ndarray, np.ndarray, 
     kept = order[corner]
     kept_pixel, kept_side = pixel[kept], side[corner]
     xy = np.stack([kept_pixel % cols - 1, kept_pixel // cols - 1], axis=1) + _START[kept_side]
-    return xy, np.cumsum(new_ring)[corner] - 1, flat[pixel[order[starts]]]
+    number = np.cumsum(new_ring) - 1
+    return (xy, number[corner], flat[pixel[order[starts]]],
+            np.unique(number[contact[order]]))
 
 
 def _split_pinched(xy: np.ndarray, ring_of: np.ndarray, value: np.ndarray,
-                   span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   suspects: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rings that pass a vertex twice (two regions touching at a corner) cut into
-    simple loops there, as GEOS wants them; ``span`` bounds the coordinates."""
-    key = (ring_of * span + xy[:, 1]) * span + xy[:, 0]
+    simple loops there, as GEOS wants them; only the ``suspects`` can; ``span``
+    bounds the coordinates."""
+    if not len(suspects):
+        return xy, ring_of, value
+    maybe = np.isin(ring_of, suspects)
+    key = (ring_of[maybe] * span + xy[maybe, 1]) * span + xy[maybe, 0]
     ordered = np.sort(key)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if not len(repeated):
