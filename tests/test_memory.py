@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 from memory_probe import peak_rss_mib
 
@@ -28,13 +30,16 @@ def test_tiling_memory_is_flat_from_1x_to_4x_area(tmp_path):
     assert growth < 0.15, peaks
 
 
-# OME-TIFF is not here: its peak still grows (+16 % at 4×, see docs/writers.md).
+# OME-TIFF is not here: at these small sizes its peak still grows 13-14 % from 4,096² to
+# 8,192², too close to the limit for a test (make bench: +6.1 % from 5,000² to 20,000²).
 @pytest.mark.parametrize("fmt", ["cog", "geojson", "csv"])
 def test_writer_memory_is_flat_from_1x_to_4x_area(tmp_path, fmt):
     from tests.benchmarks.writers import _measure
 
-    # Whole vectorising chunks (2048²) at both sizes, so only the area differs.
-    small, large = (_measure(tmp_path, fmt, side)[1] for side in (4096, 8192))
+    # Whole vectorising chunks (2048²) at both sizes, so only the area differs. The
+    # median of three runs: GDAL's and the allocator's caches move a peak by ±10 MiB.
+    small, large = (statistics.median(_measure(tmp_path, fmt, side)[1] for _ in range(3))
+                    for side in (4096, 8192))
     growth = large / small - 1
     print(f"{fmt} peak RSS: 1x {small:.0f} MiB, 4x {large:.0f} MiB, growth {growth:.1%}")
     assert growth < 0.15, (small, large)

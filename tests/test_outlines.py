@@ -76,8 +76,8 @@ def test_chunked_objects_merge_into_the_whole_image_objects(labels, chunk, batch
     chunks = [chunk_objects(labels[y:y + chunk, x:x + chunk][None], y, x, h, w, spool,
                             complete.append)
               for y in range(0, h, chunk) for x in range(0, w, chunk)]
-    found = totals(chunks)
-    merged = list(merge_border(found.border, spool, batch=batch))
+    found = totals(chunks, batch=batch)
+    merged = list(merge_border(found, spool))
     parts = complete + merged
     values = np.concatenate([p.values for p in parts] or [np.zeros(0, np.int64)])
     polygons = np.concatenate([p.polygons for p in parts] or [np.zeros(0, object)])
@@ -100,7 +100,7 @@ def test_an_object_larger_than_many_chunks_is_one_feature(chunk, tmp_path):
     chunks = [chunk_objects(labels[y:y + chunk, x:x + chunk][None], y, x, 300, 300, spool,
                             complete.append)
               for y in range(0, 300, chunk) for x in range(0, 300, chunk)]
-    merged = list(merge_border(totals(chunks).border, spool))
+    merged = list(merge_border(totals(chunks), spool))
     assert not complete
     assert sum(len(m) for m in merged) == 1
     ring_polygon = merged[0].polygons[0]

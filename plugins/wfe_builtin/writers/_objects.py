@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from wfe_builtin.writers._outlines import Outlines, Seams, outlines
 
 __all__ = ["MERGE_SHARES", "BorderPieces", "ChunkObjects", "Totals", "chunk_objects",
-           "merge_border", "per_chunk", "totals"]
+           "merge_border", "merged_objects", "object_counts", "per_chunk", "totals"]
 
 #: One record per border piece: its class, bounding box, and bytes in the spool file.
 PIECE = np.dtype([("value", np.int64), ("minx", np.float64), ("miny", np.float64),
@@ -102,40 +103,56 @@ def chunk_objects(block: np.ndarray, y0: int, x0: int, height: int, width: int,
 MERGE_SHARES = 8
 
 
-def merge_border(pieces: np.ndarray, spool: BorderPieces, batch: int = 512,
-                 share: int = 0, shares: int = 1) -> Iterator[Outlines]:
-    """The objects the border ``pieces`` form, one polygon each, about ``batch`` pieces
-    at a time; of those batches, only every ``shares``-th from ``share`` on."""
+def merge_border(found: Totals, spool: BorderPieces, share: int = 0,
+                 shares: int = 1) -> Iterator[Outlines]:
+    """The objects the border pieces form, one polygon each, batch by batch; of the
+    batches, only every ``shares``-th from ``share`` on."""
     import shapely
 
-    if not len(pieces):
+    if not found.batches:  # no piece, and no spool file either
         return
-    number = -1
+    border = found.border
     with spool.path.open("rb") as file:
-        for value in np.unique(pieces["value"]).tolist():
-            mine = pieces[pieces["value"] == value]
-            for groups in _batches(_touching(mine), batch):
-                number += 1
-                if number % shares != share:
-                    continue
-                members = np.concatenate(groups)
-                geoms = np.empty(len(mine), object)
-                geoms[members] = shapely.from_wkb(
-                    [os.pread(file.fileno(), e - s, s)
-                     for s, e in zip(mine["start"][members].tolist(),
-                                     mine["end"][members].tolist(), strict=True)])
-                # The pieces tile the plane without overlap and share every vertex
-                # along the seams (see ``outlines``): a coverage union joins them edge
-                # to edge, all groups in one call; simplifying by 0 then drops the
-                # seam vertices that are no longer corners.
-                table = np.full((len(groups), max(len(g) for g in groups)), None, object)
-                for i, group in enumerate(groups):
-                    table[i, :len(group)] = geoms[group]
-                union = shapely.coverage_union_all(table, axis=1)
-                parts = shapely.orient_polygons(shapely.simplify(
-                    shapely.get_parts(union), 0, preserve_topology=False))
-                yield Outlines(np.full(len(parts), value, np.int64), parts,
-                               np.rint(shapely.area(parts)).astype(np.int64))
+        for value, groups in found.batches[share::shares]:
+            members = np.concatenate(groups)
+            geoms = shapely.from_wkb(
+                [os.pread(file.fileno(), e - s, s)
+                 for s, e in zip(border["start"][members].tolist(),
+                                 border["end"][members].tolist(), strict=True)])
+            # The pieces tile the plane without overlap and share every vertex along
+            # the seams (see ``outlines``): a coverage union joins them edge to edge,
+            # all groups in one call; simplifying by 0 then drops the seam vertices
+            # that are no longer corners.
+            table = np.full((len(groups), max(len(g) for g in groups)), None, object)
+            at = 0
+            for i, group in enumerate(groups):
+                table[i, :len(group)] = geoms[at:at + len(group)]
+                at += len(group)
+            union = shapely.coverage_union_all(table, axis=1)
+            parts = shapely.orient_polygons(shapely.simplify(
+                shapely.get_parts(union), 0, preserve_topology=False))
+            yield Outlines(np.full(len(parts), value, np.int64), parts,
+                           np.rint(shapely.area(parts)).astype(np.int64))
+
+
+def merged_objects(found: Totals, spool: BorderPieces, share: int,
+                   emit: Callable[[Outlines], None] | None = None) -> Counter[int]:
+    """Objects per class in one of the ``MERGE_SHARES`` shares of the merged border
+    objects; ``emit`` receives them batch by batch."""
+    counts: Counter[int] = Counter()
+    for merged in merge_border(found, spool, share, MERGE_SHARES):
+        counts.update(merged.values.tolist())
+        if emit is not None:
+            emit(merged)
+    return counts
+
+
+def object_counts(found: Totals, shares: list[Counter[int]]) -> Counter[int]:
+    """Objects per class: complete ones plus the merged ones of every share."""
+    counts = Counter(found.objects)
+    for share in shares:
+        counts.update(share)
+    return counts
 
 
 def _touching(pieces: np.ndarray) -> list[np.ndarray]:
@@ -154,39 +171,45 @@ def _touching(pieces: np.ndarray) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
 
 
-def _batches(groups: list[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    batch: list[np.ndarray] = []
-    count = 0
-    for group in groups:
-        batch.append(group)
-        count += len(group)
-        if count >= size:
-            yield batch
-            batch, count = [], 0
-    if batch:
-        yield batch
+def _plan(border: np.ndarray, size: int) -> list[tuple[int, list[np.ndarray]]]:
+    """Border pieces to merge: batches of about ``size`` pieces, each a class and its
+    groups of touching pieces (indices into ``border``)."""
+    plan: list[tuple[int, list[np.ndarray]]] = []
+    for value in np.unique(border["value"]).tolist():
+        mine = np.flatnonzero(border["value"] == value)
+        batch: list[np.ndarray] = []
+        count = 0
+        for group in _touching(border[mine]):
+            batch.append(mine[group])
+            count += len(group)
+            if count >= size:
+                plan.append((value, batch))
+                batch, count = [], 0
+        if batch:
+            plan.append((value, batch))
+    return plan
 
 
 @dataclass
 class Totals:
-    """Pixels and complete objects per class over all chunks, and every border piece."""
+    """Pixels and complete objects per class over all chunks, every border piece, and
+    the batches in which the pieces are merged."""
 
     pixels: dict[int, int]
     objects: dict[int, int]
     border: np.ndarray
+    batches: list[tuple[int, list[np.ndarray]]]
 
 
-def totals(chunks: list[ChunkObjects]) -> Totals:
-    """The sums of what the chunks found."""
-    pixels: dict[int, int] = {}
-    objects: dict[int, int] = {}
+def totals(chunks: list[ChunkObjects], batch: int = 512) -> Totals:
+    """The sums of what the chunks found, and the merging plan (``batch`` pieces a batch)."""
+    pixels: Counter[int] = Counter()
+    objects: Counter[int] = Counter()
     for c in chunks:
-        for v, n in c.pixels.items():
-            pixels[v] = pixels.get(v, 0) + n
-        for v, n in c.complete.items():
-            objects[v] = objects.get(v, 0) + n
-    return Totals(pixels, objects, np.concatenate([c.border for c in chunks] or
-                                                  [np.zeros(0, PIECE)]))
+        pixels.update(c.pixels)
+        objects.update(c.complete)
+    border = np.concatenate([c.border for c in chunks] or [np.zeros(0, PIECE)])
+    return Totals(dict(pixels), dict(objects), border, _plan(border, batch))
 
 
 def per_chunk(labels: Any, chunk: int, task: Callable[..., Any]) -> list[Any]:

@@ -149,19 +149,20 @@ def _corners(labels: np.ndarray, seams: Seams
     before[starts] = side[np.r_[starts[1:], len(side)] - 1]
     corner = side != before  # where the outline turns
     h, w = labels.shape
+    ordered = pixel[order]
     if seams.top or seams.bottom or seams.left or seams.right:
-        # Every vertex on a seam is kept: x, y of each edge's start.
-        x = pixel[order] % cols - 1 + _START[side, 0]
-        y = pixel[order] // cols - 1 + _START[side, 1]
-        for on, coord, at in ((seams.top, y, 0), (seams.bottom, y, h), (seams.left, x, 0),
-                              (seams.right, x, w)):
+        # Every vertex on a seam is kept too: the start of every edge, then a choice.
+        xy = np.stack([ordered % cols - 1, ordered // cols - 1], axis=1) + _START[side]
+        for on, axis, at in ((seams.top, 1, 0), (seams.bottom, 1, h), (seams.left, 0, 0),
+                             (seams.right, 0, w)):
             if on:
-                corner |= coord == at
-    kept = order[corner]
-    kept_pixel, kept_side = pixel[kept], side[corner]
-    xy = np.stack([kept_pixel % cols - 1, kept_pixel // cols - 1], axis=1) + _START[kept_side]
+                corner |= xy[:, axis] == at
+        xy = xy[corner]
+    else:
+        kept = ordered[corner]
+        xy = np.stack([kept % cols - 1, kept // cols - 1], axis=1) + _START[side[corner]]
     number = np.cumsum(new_ring) - 1
-    return (xy, number[corner], flat[pixel[order[starts]]],
+    return (xy, number[corner], flat[ordered[starts]],
             np.unique(number[contact[order]]))
 
 
@@ -183,8 +184,9 @@ def _split_pinched(xy: np.ndarray, ring_of: np.ndarray, value: np.ndarray,
     kept, renumbered = np.unique(ring_of[~bad], return_inverse=True)
     loops: list[list[tuple[int, int]]] = []
     loop_value: list[int] = []
-    for r in pinched:
-        for loop in _loops(list(map(tuple, xy[ring_of == r].tolist()))):
+    bounds = np.searchsorted(ring_of, np.stack([pinched, pinched + 1]))  # rings are runs
+    for r, lo, hi in zip(pinched.tolist(), *bounds.tolist(), strict=True):
+        for loop in _loops(list(map(tuple, xy[lo:hi].tolist()))):
             loops.append(loop)
             loop_value.append(value[r])
     extra = np.concatenate([np.full(len(loop), len(kept) + i) for i, loop in enumerate(loops)])

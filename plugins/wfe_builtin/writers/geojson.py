@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from wfe_builtin.writers._objects import (
     ChunkObjects,
     Totals,
     chunk_objects,
-    merge_border,
+    merged_objects,
+    object_counts,
     per_chunk,
     totals,
 )
@@ -111,9 +113,12 @@ def _features(objects: Outlines, geometry: _Geometry, kinds: list[dict[str, Any]
         coords = coords.astype(np.int64)
     # Everything but the coordinates and the area is the same for all objects of a class.
     start = b'{"type":"Feature","geometry":{"type":"Polygon","coordinates":'
-    middle = {v: b'},"properties":{"objectType":"annotation","classification":'
-              + orjson.dumps(_kind(kinds, v)) + b',"class":' + orjson.dumps(_kind(kinds, v)["name"])
-              + b',"area":' for v in np.unique(objects.values).tolist()}
+    middle = {}
+    for v in np.unique(objects.values).tolist():
+        kind = _kind(kinds, v)
+        middle[v] = (b'},"properties":{"objectType":"annotation","classification":'
+                     + orjson.dumps(kind) + b',"class":' + orjson.dumps(kind["name"])
+                     + b',"area":')
     end = b',"area_unit":' + orjson.dumps(geometry.unit) + b"}}"
     areas = (objects.areas * geometry.pixel_area).tolist()
     lines = []
@@ -147,28 +152,23 @@ def _crs_member(crs: str | None) -> dict[str, Any]:
 
 def _merge_share(found: Totals, spool: BorderPieces, share: int, part: Path,
                  geometry: _Geometry, kinds: list[dict[str, Any]],
-                 simplify: float) -> dict[int, int]:
+                 simplify: float) -> Counter[int]:
     """Features of one share of the merged border objects, into ``part``; objects per class."""
-    objects: dict[int, int] = {}
     with part.open("wb") as out:
-        for merged in merge_border(found.border, spool, share=share, shares=MERGE_SHARES):
-            for value in merged.values.tolist():
-                objects[value] = objects.get(value, 0) + 1
+        def emit(merged: Outlines) -> None:
             if out.tell():
                 out.write(b",\n")
             out.write(b",\n".join(_features(merged, geometry, kinds, simplify)))
-    return objects
+
+        return merged_objects(found, spool, share, emit)
 
 
-def _assemble(found: Totals, merged: list[dict[str, int]], parts: Path, temp: Path,
+def _assemble(found: Totals, merged: list[Counter[int]], parts: Path, temp: Path,
               header: dict[str, Any], kinds: list[dict[str, Any]],
               record: Callable[[dict[str, Any]], None]) -> None:
     """The FeatureCollection: the chunks' complete objects in image order, then the
     merged ones, copied from the part files (each holds features separated by ",\n")."""
-    objects = {i: found.objects.get(i, 0) for i in range(1, len(kinds))}
-    for share in merged:
-        for value, n in share.items():
-            objects[value] = objects.get(value, 0) + n
+    objects = object_counts(found, merged)
     head = json.dumps({"type": "FeatureCollection", **header}, separators=(",", ":"))[:-1]
     order = sorted(parts.glob("chunk-*.jsonl")) + [parts / f"merged-{k}.jsonl"
                                                   for k in range(len(merged))]
@@ -177,7 +177,7 @@ def _assemble(found: Totals, merged: list[dict[str, int]], parts: Path, temp: Pa
             out.write(head.encode() + b',"features":[\n')
             first = True
             for part in order:
-                if not part.exists() or not part.stat().st_size:
+                if not part.stat().st_size:
                     continue
                 if not first:
                     out.write(b",\n")
@@ -187,7 +187,8 @@ def _assemble(found: Totals, merged: list[dict[str, int]], parts: Path, temp: Pa
             out.write(b"\n]}\n")
     finally:
         shutil.rmtree(parts, ignore_errors=True)
-    record({"objects": {_kind(kinds, v)["name"]: n for v, n in sorted(objects.items())}})
+    record({"objects": {_kind(kinds, v)["name"]: objects[v]
+                        for v in sorted({*range(1, len(kinds)), *objects})}})
 
 
 class GeoJsonWriter:

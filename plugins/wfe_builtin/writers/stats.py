@@ -7,6 +7,7 @@ across chunk borders), so the two always agree.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from wfe_builtin.writers._objects import (
     BorderPieces,
     Totals,
     chunk_objects,
-    merge_border,
+    merged_objects,
+    object_counts,
     per_chunk,
     totals,
 )
@@ -27,32 +29,20 @@ from wfe_builtin.writers._objects import (
 __all__ = ["StatsWriter", "class_table"]
 
 
-def _count_share(found: Totals, spool: BorderPieces, share: int) -> dict[int, int]:
-    """Objects per class in one share of the merged border objects."""
-    objects: dict[int, int] = {}
-    for merged in merge_border(found.border, spool, share=share, shares=MERGE_SHARES):
-        for value in merged.values.tolist():
-            objects[value] = objects.get(value, 0) + 1
-    return objects
-
-
-def class_table(found: Totals, merged: list[dict[int, int]], classes: list[str],
+def class_table(found: Totals, merged: list[Counter[int]], classes: list[str],
                 pixel_area: float | None, unit: str | None) -> list[dict[str, Any]]:
     """One row per class: name, pixels, area (in ``unit``), objects (none for background)."""
-    objects = dict(found.objects)
-    for share in merged:
-        for value, n in share.items():
-            objects[value] = objects.get(value, 0) + n
+    objects = object_counts(found, merged)
     rows = []
     for value, name in enumerate(classes):
         n = found.pixels.get(value, 0)
         rows.append({"class": name, "value": value, "pixels": n,
                      "area": None if pixel_area is None else round(n * pixel_area, 6),
-                     "area_unit": unit, "objects": None if value == 0 else objects.get(value, 0)})
+                     "area_unit": unit, "objects": None if value == 0 else objects[value]})
     return rows
 
 
-def _write(found: Totals, merged: list[dict[int, int]], spool: BorderPieces, temp: Path,
+def _write(found: Totals, merged: list[Counter[int]], spool: BorderPieces, temp: Path,
            classes: list[str], pixel_area: float | None, unit: str | None,
            record: Callable[[dict[str, Any]], None]) -> None:
     spool.path.unlink(missing_ok=True)
@@ -90,7 +80,7 @@ class StatsWriter:
 
         sink = Sink(path=path, finalize=temp.commit, abort=discard)
         plan = dask.delayed(totals)(found)
-        merged = [dask.delayed(_count_share)(plan, spool, k) for k in range(MERGE_SHARES)]
+        merged = [dask.delayed(merged_objects)(plan, spool, k) for k in range(MERGE_SHARES)]
         sink.work = [dask.delayed(_write)(plan, merged, spool, temp.temp, classes, pixel_area,
                                           unit, sink.summary.update)]
         return sink
