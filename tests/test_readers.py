@@ -32,6 +32,22 @@ def test_sample_is_deterministic(tmp_path):
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
 
 
+def test_sample_tissue_fraction_is_what_was_asked():
+    # Default: lobes spread over the slide, about a quarter of it tissue, some near its edge.
+    spread = SyntheticSlide(8192, 8192, seed=0)
+    assert 0.1 < spread.tissue_fraction() < 0.35
+    for asked in (0.3, 0.6):
+        assert abs(SyntheticSlide(8192, 8192, seed=0, tissue=asked).tissue_fraction()
+                   - asked) < 0.05
+    # Gathered in one central section: a band of a tenth of the slide around it stays glass.
+    band = np.ones((128, 128), bool)
+    band[13:-13, 13:-13] = False
+    _, labels = SyntheticSlide(8192, 8192, seed=0, tissue=0.3).render(0, 0, 128, 128, 64)
+    assert not labels[band].any()
+    _, labels = spread.render(0, 0, 128, 128, 64)
+    assert labels[band].any()
+
+
 def test_tiff_and_openslide_readers_agree(sample_slide, registry):
     by_probe = open_image(sample_slide, registry)
     assert by_probe.attrs["reader"] == "tiff"

@@ -212,3 +212,36 @@ def test_every_smp_architecture_runs_from_a_card(tmp_path, registry, architectur
     assert probs.shape == (2, 150, 170)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
     assert set(np.unique(out["labels"].data.compute())) <= {0, 1}
+
+
+def test_batch_size_auto_fits_the_free_memory(tmp_path, registry, image, demo_model,
+                                             monkeypatch):
+    from wfe_builtin.models import loader
+
+    crop = Raster(levels=[image.levels[0][:, :600, :600]], pixel_size=[1.0],
+                  channels=image.channels)
+    sizes: list[int] = []
+    predict = loader.LoadedModel.predict
+
+    def counting(self, batch, tta=()):
+        sizes.append(len(batch))
+        return predict(self, batch, tta)
+
+    monkeypatch.setattr(loader.LoadedModel, "predict", counting)
+    assert demo_model.window_bytes > 4 * 256 * 256 * 3  # measured at load, more than the input
+    # Room for three windows in half the free memory: batches of three.
+    monkeypatch.setattr(loader, "free_memory", lambda device: 6 * demo_model.window_bytes + 1)
+    ctx = StageContext(input=tmp_path, output=tmp_path, workflow_dir=MODEL.parent,
+                       registry=registry, device="cpu", stage_id="seg")
+    out = SegmentStage(SegmentParams(image="image", model=MODEL.name, window=256,
+                                     overlap=32)).run(ctx, image=crop)
+    sizes.clear()  # loading may have run its one-window warm-up
+    auto = out["probabilities"].data.compute(scheduler="synchronous")
+    assert ctx.info["seg"]["batch_size"] == 3 and max(sizes) == 3 and sum(sizes) == 9
+    # Plenty of memory: the CPU cap; the result does not depend on the batch size.
+    monkeypatch.setattr(loader, "free_memory", lambda device: 2**40)
+    capped = _run(tmp_path, registry, crop, overlap=32)["probabilities"].data
+    sizes.clear()
+    capped = capped.compute(scheduler="synchronous")
+    assert max(sizes) == loader.BATCH_CAP["cpu"] == 8
+    np.testing.assert_allclose(capped, auto, atol=1e-5)

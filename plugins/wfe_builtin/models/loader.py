@@ -17,6 +17,11 @@ from wfe_builtin.models.card import ModelCard, load_card
 
 __all__ = ["LoadedModel", "load_model", "resolve_device", "tta_passes"]
 
+# ``batch_size: auto``: at most this many windows per call (beyond it CPUs gain
+# nothing and GPUs little), using at most this share of the free memory.
+BATCH_CAP = {"cuda": 32, "mps": 16, "cpu": 8}
+MEMORY_SHARE = 0.5
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda, then mps, then cpu; ``cuda`` without a GPU is an error."""
@@ -54,6 +59,7 @@ class LoadedModel:
     channels_last: bool = False
     mean: Any = None  # normalisation as (1, c, 1, 1) tensors, set once at load
     std: Any = None
+    window_bytes: int = 0  # memory one window needs in a forward pass, measured at load
 
     def __post_init__(self) -> None:
         import torch
@@ -90,6 +96,61 @@ class LoadedModel:
             raise WfeError(f"model {self.card.name!r} produced NaN or infinite values",
                            "check the weights, or try precision: fp32")
         return out
+
+
+    def auto_batch_size(self) -> int:
+        """Windows per call for ``batch_size: auto``: as many as fit in half the free
+        memory of the device (host memory for the CPU), at most ``BATCH_CAP``."""
+        kind = self.device.split(":")[0]
+        cap = BATCH_CAP.get(kind, 8)
+        if not self.window_bytes:
+            return cap
+        return max(1, min(cap, int(MEMORY_SHARE * free_memory(self.device)
+                                   // self.window_bytes)))
+
+
+def free_memory(device: str) -> int:
+    """Bytes free on ``device``: the GPU's free memory, else the host's available memory."""
+    import torch
+
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _window_bytes(model: LoadedModel) -> int:
+    """Memory one window takes through the network: measured by the allocator on CUDA;
+    elsewhere the sum of every layer's output (an upper bound: inference frees most
+    of them on the way), plus the input and the probabilities."""
+    import torch
+
+    card = model.card
+    one = np.zeros((1, card.in_channels, card.window, card.window), np.uint8)
+    io = 4 * card.window**2 * (card.in_channels + 2 * len(card.classes))
+    if model.device.startswith("cuda"):
+        torch.cuda.synchronize(model.device)
+        torch.cuda.reset_peak_memory_stats(model.device)
+        base = torch.cuda.memory_allocated(model.device)
+        model.predict(one)
+        return max(torch.cuda.max_memory_allocated(model.device) - base, 1) + io
+    total = 0
+
+    def count(_module: Any, _inputs: Any, output: Any) -> None:
+        nonlocal total
+        outputs = output if isinstance(output, (tuple, list)) else [output]
+        total += sum(t.numel() * t.element_size() for t in outputs if torch.is_tensor(t))
+
+    leaves = [m for m in model.net.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        model.predict(one)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total + io
 
 
 def tta_passes(tta: tuple[str, ...]) -> int:
@@ -137,13 +198,15 @@ def _load(weights: Path, mtime: float, device: str, precision: str, builder_targ
     net.eval().to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if compile:
-        net = torch.compile(net)
     model = LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock(),
                         channels_last)
-    # One small forward pass now: kernel selection and lazy initialisation happen
-    # here, once per process, instead of inside the first batch of the first input.
-    model.predict(np.zeros((1, card.in_channels, card.window, card.window), np.uint8))
+    # One window through the network now: kernel selection and lazy initialisation
+    # happen here, once per process, instead of inside the first batch of the first
+    # input; and it tells how much memory a window needs (``batch_size: auto``).
+    model.window_bytes = _window_bytes(model)
+    if compile:
+        model.net = torch.compile(net)
+        model.predict(np.zeros((1, card.in_channels, card.window, card.window), np.uint8))
     return model
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -52,7 +52,9 @@ class SegmentParams(StageParams):
         "auto", description="auto: fp16 autocast on CUDA, fp32 on CPU.")
     tta: list[Literal["rot90", "flip"]] = Field(
         default_factory=list, description="Test-time augmentation: rot90 (0/90/180/270), flip.")
-    batch_size: int = Field(8, gt=0, description="Windows per model call.")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="Windows per model call; auto: as many as fit in half the free "
+                            "memory of the device, at most 8 on a CPU, 32 on a GPU.")
     channels_last: bool = Field(False, description="Channels-last memory format (measure: it "
                                                    "helps some encoders, slows others).")
     compile: bool = Field(False, description="torch.compile the network (slow first batch).")
@@ -129,6 +131,9 @@ class SegmentStage(Stage):
                                      channels_last=p.channels_last, compile=p.compile))
         window = p.window or card.window
         tta = tuple(p.tta)
+        batch_size = (p.batch_size if isinstance(p.batch_size, int)
+                      else min(m.auto_batch_size() for m in models))
+        ctx.record("batch_size", batch_size)
         k = len(card.classes)
         background = np.zeros(k, np.float32)
         background[0] = 1.0
@@ -154,7 +159,7 @@ class SegmentStage(Stage):
             probs = sliding_window_map(
                 arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
-                batch_size=p.batch_size, keep=keep, background=background)
+                batch_size=batch_size, keep=keep, background=background)
             passes.append((level, probs))
 
         base_level, fused = passes[0]
@@ -206,7 +211,19 @@ def _store_dtype(probs: da.Array, dtype: str) -> da.Array:
 
 
 def _argmax(block: np.ndarray) -> np.ndarray:
-    return block.argmax(axis=0)[None].astype(np.uint8)
+    """The first most probable class of each pixel, as a (1, y, x) uint8 block.
+
+    One pass per class over contiguous planes: ``argmax(axis=0)`` walks the
+    class axis with a large stride and took twice as long on a 2240² chunk.
+    """
+    best = block[0].copy()
+    labels = np.zeros((1, *block.shape[1:]), np.uint8)
+    higher = np.empty(block.shape[1:], bool)
+    for c in range(1, block.shape[0]):
+        np.greater(block[c], best, out=higher)
+        labels[0][higher] = c
+        np.maximum(best, block[c], out=best)
+    return labels
 
 
 def _member(kept: list[tuple[int, int]]) -> Any:

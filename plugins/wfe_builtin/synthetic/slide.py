@@ -38,18 +38,37 @@ class _Lobe:
     def reach(self) -> float:
         return max(self.a, self.b) * (1 + float(np.abs(self.harmonics[:, 0]).sum()))
 
+    def add_to(self, inside: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Mark in ``inside`` the points (``x``, ``y``) this lobe covers."""
+        near = (np.abs(x - self.cx) < self.reach) & (np.abs(y - self.cy) < self.reach)
+        if not near.any():
+            return
+        dx, dy = x[near] - self.cx, y[near] - self.cy
+        c, s = math.cos(self.theta), math.sin(self.theta)
+        u, v = (dx * c + dy * s) / self.a, (-dx * s + dy * c) / self.b
+        angle = np.arctan2(v, u)
+        edge = np.ones_like(angle)
+        for k, (amp, phase) in enumerate(self.harmonics, start=2):
+            edge += amp * np.cos(k * angle + phase)
+        inside[near] |= np.hypot(u, v) < edge
+
 
 @dataclass
 class SyntheticSlide:
     """Shapes of a slide of ``width × height`` level-0 pixels of ``mpp`` µm.
 
-    The same ``seed`` always gives the same slide.
+    The same ``seed`` always gives the same slide. ``tissue`` asks for about
+    that fraction of the slide covered by tissue (lobes are added until it is
+    reached, measured on a 128 × 128 grid), gathered in one central section,
+    as on a real slide; by default lobes spread over the slide, one per 0.9 mm²,
+    which leaves about three quarters of it background.
     """
 
     width: int
     height: int
     mpp: float = 0.5
     seed: int = 0
+    tissue: float | None = None
     lobes: list[_Lobe] = field(default_factory=list, repr=False)
     nuclei: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)), repr=False)
 
@@ -58,15 +77,25 @@ class SyntheticSlide:
         um = 1.0 / self.mpp  # level-0 pixels per micrometre
         area_um2 = self.width * self.height * self.mpp**2
         n_lobes = max(2, int(round(area_um2 / 0.9e6)))
-        for _ in range(n_lobes):
+        # Lobes spread over the slide by default; with ``tissue`` they gather in a
+        # central square of that area, as one section does on a real slide.
+        half = 0.4 if self.tissue is None else 0.5 * math.sqrt(self.tissue)
+        gx, gy = np.meshgrid((np.arange(128) + 0.5) * self.width / 128,
+                             (np.arange(128) + 0.5) * self.height / 128)
+        covered = np.zeros(gx.shape, bool)
+        while (len(self.lobes) < n_lobes if self.tissue is None
+               else covered.mean() < self.tissue and len(self.lobes) < 50 * n_lobes):
             a = rng.uniform(150, 450) * um
             b = a * rng.uniform(0.5, 1.0)
             k = np.arange(2, 6)
             self.lobes.append(_Lobe(
-                cx=rng.uniform(0.1, 0.9) * self.width, cy=rng.uniform(0.1, 0.9) * self.height,
+                cx=rng.uniform(0.5 - half, 0.5 + half) * self.width,
+                cy=rng.uniform(0.5 - half, 0.5 + half) * self.height,
                 a=a, b=b, theta=rng.uniform(0, math.pi),
                 harmonics=np.stack([rng.uniform(0, 0.12, k.size) / k * 2,
                                     rng.uniform(0, 2 * math.pi, k.size)], axis=1)))
+            if self.tissue is not None:
+                self.lobes[-1].add_to(covered, gx, gy)
         # Nuclei: about one per 150 µm² of tissue, radii 2.5-5 µm.
         n_candidates = int(area_um2 / 150)
         xy = rng.uniform([0, 0], [self.width, self.height], size=(n_candidates, 2))
@@ -89,20 +118,15 @@ class SyntheticSlide:
     def classes(self) -> tuple[str, ...]:
         return CLASSES
 
+    def tissue_fraction(self, step: int = 16) -> float:
+        """Fraction of the slide covered by tissue, sampled every ``step`` pixels."""
+        ys, xs = np.mgrid[0:self.height:step, 0:self.width:step].astype(float)
+        return float(self._tissue(xs.ravel(), ys.ravel()).mean())
+
     def _tissue(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         inside = np.zeros(x.shape, bool)
         for lobe in self.lobes:
-            near = (np.abs(x - lobe.cx) < lobe.reach) & (np.abs(y - lobe.cy) < lobe.reach)
-            if not near.any():
-                continue
-            dx, dy = x[near] - lobe.cx, y[near] - lobe.cy
-            c, s = math.cos(lobe.theta), math.sin(lobe.theta)
-            u, v = (dx * c + dy * s) / lobe.a, (-dx * s + dy * c) / lobe.b
-            angle = np.arctan2(v, u)
-            edge = np.ones_like(angle)
-            for k, (amp, phase) in enumerate(lobe.harmonics, start=2):
-                edge += amp * np.cos(k * angle + phase)
-            inside[near] |= np.hypot(u, v) < edge
+            lobe.add_to(inside, x, y)
         return inside
 
     def _nuclei_near(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
