@@ -61,8 +61,9 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
     """``wfe run`` against the model alone on the same windows of the same image (and,
     with ``monai``, against MONAI's sliding-window inference on that image).
 
-    The contenders take turns, twice, and each one's faster run counts: this shared
-    machine's speed moves by 10-20 % within minutes, and turns expose each to it alike.
+    The contenders take turns, three times, and each one's fastest run counts: this
+    shared machine's speed moves by 10-20 % within minutes, and turns expose each to
+    it alike.
     """
     from tests.benchmarks.monai_compare import monai_seconds, wfe_run
     from wfe.grid import WindowGrid
@@ -96,7 +97,7 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
     model = load_model(ROOT / "workflows/models/demo.safetensors", "cpu", "auto", registry)
 
     runs, model_times, monai_times = [], [], []
-    for n in range(2):
+    for n in range(3):
         runs.append(wfe_run(slide, workflow, work / f"results-{name}-{n}"))
         model_times.append(_seconds(model.predict, batches))
         if monai:

@@ -59,25 +59,33 @@ class LoadedModel:
     channels_last: bool = False
     mean: Any = None  # normalisation as (1, c, 1, 1) tensors, set once at load
     std: Any = None
+    _gain: Any = None
+    _offset: Any = None
     window_bytes: int = 0  # memory one window needs in a forward pass, measured at load
 
     def __post_init__(self) -> None:
         import torch
 
         norm = self.card.normalize
+        std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = std
+        # (pixel / scale - mean) / std as one multiply and one subtract, in place.
+        self._gain = 1.0 / (norm.scale * std)
+        self._offset = self.mean / std
 
     def predict(self, batch: np.ndarray, tta: tuple[str, ...] = ()) -> np.ndarray:
         """Class probabilities ``(n, k, h, w)`` float32 for raw pixels ``(n, c, h, w)``.
 
         One batch at a time per process: torch already uses every core, so
-        reader threads decode the next windows while this runs.
+        reader threads decode the next windows (and normalise them, outside the
+        lock) while this runs.
         """
         import torch
 
-        scale = self.card.normalize.scale
-        x = (torch.from_numpy(np.ascontiguousarray(batch)).float() / scale - self.mean) / self.std
+        # A copy even of float32 input: the caller's array is not to be changed in place.
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32, copy=True)
+        x.mul_(self._gain).sub_(self._offset)
         views = _tta_views(tta)
         with self.lock, torch.inference_mode():
             x = x.to(self.device)
@@ -90,13 +98,15 @@ class LoadedModel:
                                     enabled=self.autocast is not None):
                     logits = self.net(forward(x))
                 probs = back(torch.softmax(logits.float(), dim=1))
-                total = probs if total is None else total + probs
-            out = (total / len(views)).cpu().numpy()
-        if not np.isfinite(out).all():
+                total = probs if total is None else total.add_(probs)
+            if len(views) > 1:
+                total.div_(len(views))
+            finite = bool(torch.isfinite(total).all())
+            out = total.cpu().numpy()
+        if not finite:
             raise WfeError(f"model {self.card.name!r} produced NaN or infinite values",
                            "check the weights, or try precision: fp32")
         return out
-
 
     def auto_batch_size(self) -> int:
         """Windows per call for ``batch_size: auto``: as many as fit in half the free
