@@ -63,3 +63,23 @@ def ome_zarr_level(path: Path, level: int = 0):
     group = zarr.open_group(str(path), mode="r")
     datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
     return np.asarray(group[datasets[level]["path"]])
+
+
+def counted_chunks(fill, dtype, chunks):
+    """A lazy array whose chunk at ``(y0, x0)`` is ``fill(c0, c1, y0, y1, x0, x1)``, and
+    a Counter of how many times each chunk was computed (keyed by ``(y0, x0)``)."""
+    import threading
+    from collections import Counter
+
+    import dask.array as da
+
+    computed: Counter = Counter()
+    lock = threading.Lock()
+
+    def block(block_info=None):
+        (c0, c1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        with lock:
+            computed[(y0, x0)] += 1
+        return fill(c0, c1, y0, y1, x0, x1)
+
+    return da.map_blocks(block, dtype=dtype, chunks=chunks), computed

@@ -75,22 +75,15 @@ def test_each_image_chunk_is_read_once_though_regions_overlap():
     """Neighbouring output chunks need overlapping image regions; each image chunk
     (a decoded tile, say) must still be computed once, and shared with other users
     of the image in the same compute."""
-    import threading
-    from collections import Counter
-
     import dask
 
-    computed: Counter = Counter()
-    lock = threading.Lock()
+    from conftest import counted_chunks
 
-    def pixels(block_info=None):
-        (c0, c1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        with lock:
-            computed[(y0, x0)] += 1
+    def pixels(c0, c1, y0, y1, x0, x1):
         yy, xx = np.mgrid[y0:y1, x0:x1]
         return np.stack([np.sin(yy / 9.0) + np.cos(xx / 7.0)] * (c1 - c0)).astype(np.float32)
 
-    image = da.map_blocks(pixels, dtype=np.float32, chunks=((2,), (64,) * 6, (64,) * 6))
+    image, computed = counted_chunks(pixels, np.float32, ((2,), (64,) * 6, (64,) * 6))
     out = sliding_window_map(image, _toy_predict, out_channels=2, window=48, overlap=16,
                              chunk=96)
     thumbnail = image[:, ::8, ::8]

@@ -304,26 +304,17 @@ def test_each_chunk_is_computed_once_whatever_the_writers(tmp_path):
     """The runner computes all sinks of an input together: a chunk of the data (e.g. a
     segmentation) must be computed once for all of them, not once per writer or per
     pyramid level."""
-    import threading
-    from collections import Counter
-
     import dask
-    import dask.array as da
 
+    from conftest import counted_chunks
     from wfe.plugins import load_registry
     from wfe.raster import Raster
 
-    computed: Counter = Counter()
-    lock = threading.Lock()
-
-    def labels(block_info=None):
-        (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        with lock:
-            computed[(y0, x0)] += 1
+    def labels(c0, c1, y0, y1, x0, x1):
         yy, xx = np.mgrid[y0:y1, x0:x1]
         return (((yy // 37 + xx // 53) % 3) * ((yy % 37) > 4))[None].astype(np.uint8)
 
-    arr = da.map_blocks(labels, dtype=np.uint8, chunks=((1,), (256,) * 5, (256,) * 5))
+    arr, computed = counted_chunks(labels, np.uint8, ((1,), (256,) * 5, (256,) * 5))
     raster = Raster(levels=[arr], crs="EPSG:32633", transform=(10.0, 0, 5e5, 0, -10.0, 5e6),
                     channels=("labels",), attrs={"classes": ["background", "a", "b"]})
     registry = load_registry()

@@ -27,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "workflows/models/demo.safetensors"
 OVERLAP = 64
+# The mostly-background slide: side (level-0 px at 0.5 µm), seed, tissue fraction.
+SIDE, SEED, TISSUE = 16384, 0, 0.3
 
 MASKED = """
 wfe: 1
@@ -73,8 +75,8 @@ def monai_seconds(pixels: np.ndarray, model: Any) -> float:
 
 
 def mask_on(work: Path) -> list[tuple[str, str]]:
-    """A 16,384² slide at 0.5 µm with 30 % tissue in one section, mask on: one run each
-    (the expected gap is large against the machine's noise)."""
+    """A ``SIDE``² slide at 0.5 µm with ``TISSUE`` of it tissue in one section, mask on:
+    one run each (the expected gap is large against the machine's noise)."""
     from wfe.grid import WindowGrid
     from wfe.io import open_image
     from wfe.plugins import load_registry
@@ -83,9 +85,9 @@ def mask_on(work: Path) -> list[tuple[str, str]]:
     from wfe_builtin.synthetic.slide import SyntheticSlide
 
     slide = work / "background.tiff"
-    subprocess.run([sys.executable, "-m", "wfe", "sample", str(slide), "--width", "16384",
-                    "--height", "16384", "--seed", "0", "--tissue", "0.3"], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "wfe", "sample", str(slide), "--width", str(SIDE),
+                    "--height", str(SIDE), "--seed", str(SEED), "--tissue", str(TISSUE)],
+                   check=True, capture_output=True)
     workflow = work / "masked.yaml"
     workflow.write_text(MASKED.format(model=MODEL))
     record, _ = wfe_run(slide, workflow, work / "results-background")
@@ -93,14 +95,15 @@ def mask_on(work: Path) -> list[tuple[str, str]]:
     compute = record["timings"]["compute"]
     registry = load_registry()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
-    seconds = monai_seconds(pixels, load_model(MODEL, "cpu", "auto", registry))
-    windows = len(WindowGrid(*pixels.shape[1:], 512, OVERLAP))
+    model = load_model(MODEL, "cpu", "auto", registry)
+    seconds = monai_seconds(pixels, model)
+    windows = len(WindowGrid(*pixels.shape[1:], model.card.window, OVERLAP))
     del pixels
     skipped = info["windows_skipped_fraction"]
-    background = 1 - SyntheticSlide(16384, 16384, 0.5, 0, tissue=0.3).tissue_fraction()
+    background = 1 - SyntheticSlide(SIDE, SIDE, 0.5, SEED, tissue=TISSUE).tissue_fraction()
     return [
         ("MONAI, mask on: slide",
-         f"16,384² px at 0.5 µm, run at 1 µm: {background:.0%} of its pixels background, "
+         f"{SIDE:,}² px at 0.5 µm, run at 1 µm: {background:.0%} of its pixels background, "
          f"{skipped:.0%} of its {windows} windows skipped by the tissue mask"),
         ("MONAI, mask on: MONAI sliding_window_inference (all windows, image in memory)",
          f"{seconds:.1f} s"),

@@ -67,12 +67,11 @@ class LoadedModel:
         import torch
 
         norm = self.card.normalize
-        std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = std
+        self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
         # (pixel / scale - mean) / std as one multiply and one subtract, in place.
-        self._gain = 1.0 / (norm.scale * std)
-        self._offset = self.mean / std
+        self._gain = 1.0 / (norm.scale * self.std)
+        self._offset = self.mean / self.std
 
     def predict(self, batch: np.ndarray, tta: tuple[str, ...] = ()) -> np.ndarray:
         """Class probabilities ``(n, k, h, w)`` float32 for raw pixels ``(n, c, h, w)``.
@@ -131,6 +130,11 @@ def free_memory(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def _blank_window(card: ModelCard) -> np.ndarray:
+    """One empty window of the card's size and bands, for warm-up passes."""
+    return np.zeros((1, card.in_channels, card.window, card.window), np.uint8)
+
+
 def _window_bytes(model: LoadedModel) -> int:
     """Memory one window takes through the network: measured by the allocator on CUDA;
     elsewhere the sum of every layer's output (an upper bound: inference frees most
@@ -138,7 +142,7 @@ def _window_bytes(model: LoadedModel) -> int:
     import torch
 
     card = model.card
-    one = np.zeros((1, card.in_channels, card.window, card.window), np.uint8)
+    one = _blank_window(card)
     io = 4 * card.window**2 * (card.in_channels + 2 * len(card.classes))
     if model.device.startswith("cuda"):
         torch.cuda.synchronize(model.device)
@@ -216,7 +220,7 @@ def _load(weights: Path, mtime: float, device: str, precision: str, builder_targ
     model.window_bytes = _window_bytes(model)
     if compile:
         model.net = torch.compile(net)
-        model.predict(np.zeros((1, card.in_channels, card.window, card.window), np.uint8))
+        model.predict(_blank_window(card))
     return model
 
 

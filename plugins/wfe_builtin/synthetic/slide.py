@@ -80,9 +80,10 @@ class SyntheticSlide:
         # Lobes spread over the slide by default; with ``tissue`` they gather in a
         # central square of that area, as one section does on a real slide.
         half = 0.4 if self.tissue is None else 0.5 * math.sqrt(self.tissue)
-        gx, gy = np.meshgrid((np.arange(128) + 0.5) * self.width / 128,
-                             (np.arange(128) + 0.5) * self.height / 128)
-        covered = np.zeros(gx.shape, bool)
+        if self.tissue is not None:
+            gx, gy = np.meshgrid((np.arange(128) + 0.5) * self.width / 128,
+                                 (np.arange(128) + 0.5) * self.height / 128)
+            covered = np.zeros(gx.shape, bool)
         while (len(self.lobes) < n_lobes if self.tissue is None
                else covered.mean() < self.tissue and len(self.lobes) < 50 * n_lobes):
             a = rng.uniform(150, 450) * um
