@@ -75,6 +75,23 @@ def test_all_problems_are_reported_together(tmp_path, registry):
     assert "stage save: data: stage 'seg' has no output 'masks'" in joined
 
 
+def test_a_value_matching_no_type_of_a_union_is_one_line(tmp_path, registry):
+    # batch_size is a number above 0 or "auto"; model a path or a list of paths.
+    text = (GOOD.replace("overlap: 64", "overlap: 64\n      batch_size: 0")
+            .replace("model: MODEL", "model: [MODEL, 7]"))
+    problems = _problems(tmp_path, text, registry)
+    joined = "\n".join(problems)
+    assert [p for p in problems if "batch_size" in p] == [
+        f"{tmp_path / 'wf.yaml'}:13:19: stage seg: batch_size: Input should be greater than 0, "
+        "or input should be 'auto' (got 0)"], joined
+    item = next(p for p in problems if "model.1" in p)  # points at the 7, not the list
+    line, col = map(int, re.search(r":(\d+):(\d+): stage seg: model.1: Input should be a valid "
+                                   r"string \(got 7\)$", item).groups())
+    written = (tmp_path / "wf.yaml").read_text().splitlines()
+    assert written[line - 1][col - 1] == "7", item
+    assert "constrained" not in joined and "[str]" not in joined and "literal" not in joined
+
+
 def test_unknown_reference_and_cycle(tmp_path, registry):
     text = GOOD.replace("image: image\n", "image: imgae\n")
     assert any("no stage with id 'imgae'; did you mean 'image'?" in p

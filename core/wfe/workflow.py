@@ -121,6 +121,28 @@ def _closest(word: str, choices: Any) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _is_branch(part: Any) -> bool:
+    """Whether a location part names a branch of a union type, not a key or an index."""
+    return isinstance(part, str) and ("[" in part or part.startswith("constrained-")
+                                      or part in ("int", "float", "str", "bool"))
+
+
+def _union_merged(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors with union branch names taken out of their locations, and one error
+    per location: for a value that matched no branch of its type's union, pydantic
+    reports one error per branch, at a location naming the branch (``constrained-int``,
+    ``literal['auto']``, ``list[str]``), which means nothing to a user."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        keyed = err["type"] in ("extra_forbidden", "missing")  # the location is a user's key
+        loc = tuple(err["loc"]) if keyed else tuple(p for p in err["loc"] if not _is_branch(p))
+        if loc in merged and loc != tuple(err["loc"]):
+            merged[loc]["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
+        else:
+            merged.setdefault(loc, {**err, "loc": loc})
+    return list(merged.values())
+
+
 def _describe(err: dict[str, Any], fields: list[str]) -> tuple[str, bool]:
     """A message for one pydantic error, and whether it points at a key."""
     loc = err["loc"]
@@ -170,7 +192,7 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
     try:
         wf = _WorkflowDoc.model_validate(doc)
     except ValidationError as exc:
-        for err in exc.errors():
+        for err in _union_merged(exc.errors()):
             fields = list(_WorkflowDoc.model_fields) if len(err["loc"]) == 1 else ["id", "uses", "with"]
             message, is_key = _describe(err, fields)
             problems.append(f"{loc.at(err['loc'], key=is_key)}: {message}")
@@ -196,7 +218,7 @@ def load_workflow(path: str | Path, registry: Registry, overrides: list[str] = (
         try:
             params = params_model.model_validate(sd.with_)
         except ValidationError as exc:
-            for err in exc.errors():
+            for err in _union_merged(exc.errors()):
                 message, is_key = _describe(err, list(params_model.model_fields))
                 problems.append(f"{loc.stage_at(index, sd.id, err['loc'], is_key)}: {prefix}: {message}")
             raw_refs[sd.id] = []
