@@ -212,13 +212,38 @@ def totals(chunks: list[ChunkObjects], batch: int = 512) -> Totals:
     return Totals(dict(pixels), dict(objects), border, _plan(border, batch))
 
 
-def per_chunk(labels: Any, chunk: int, task: Callable[..., Any]) -> list[Any]:
+def _listed(*blocks: np.ndarray) -> list[Any]:
+    return [b[0, 0, 0] for b in blocks]
+
+
+def per_chunk(labels: Any, chunk: int, task: Callable[..., Any], name: str) -> Any:
     """``task(block, y0, x0, height, width)`` for each ``chunk``² block of a ``(1, y, x)``
-    dask array, block being a Delayed that shares its keys with the rest of the run."""
+    dask array: a Delayed list of what the tasks return, in row-major order.
+
+    The tasks are one ``map_blocks`` layer and the list one task over its keys: built
+    in a few milliseconds whatever the number of chunks, where one ``dask.delayed``
+    call per chunk (or a dask array handed to ``dask.delayed``, which optimises its
+    graph) took about a second for 400 chunks before any pixel was computed.
+    """
+    import uuid
+
+    from dask.core import flatten
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
     labels = labels.rechunk((1, chunk, chunk))
     _, height, width = labels.shape
-    blocks = labels.to_delayed(optimize_graph=False)
-    ys = np.concatenate([[0], np.cumsum(labels.chunks[1])]).astype(int)
-    xs = np.concatenate([[0], np.cumsum(labels.chunks[2])]).astype(int)
-    return [task(blocks[0, i, j], int(ys[i]), int(xs[j]), height, width)
-            for i in range(blocks.shape[1]) for j in range(blocks.shape[2])]
+
+    def one(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        (_, _), (y0, _), (x0, _) = block_info[0]["array-location"]  # type: ignore[index]
+        out = np.empty((1, 1, 1), object)
+        out[0, 0, 0] = task(block, y0, x0, height, width)
+        return out
+
+    token = uuid.uuid4().hex
+    found = labels.map_blocks(one, dtype=object, name=f"{name}-{token}",
+                              chunks=((1,), (1,) * labels.numblocks[1],
+                                      (1,) * labels.numblocks[2]))
+    key = f"{name}-list-{token}"
+    layer = {key: (_listed, *flatten(found.__dask_keys__()))}
+    return Delayed(key, HighLevelGraph.from_collections(key, layer, dependencies=[found]))

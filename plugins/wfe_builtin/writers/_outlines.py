@@ -15,11 +15,11 @@ end the next edge of the same outline follows: turn right if the pixel ahead is
 not the object, else go straight if the pixel ahead-left is not the object, else
 turn left. Turning right first hugs each pixel, which keeps objects that touch
 only at a corner apart (4-connectivity). The edges form cycles, one per ring,
-which are ordered by pointer jumping; only corner vertices are kept. A ring that
-passes a corner twice (a hole meeting the outside, or another hole, at a corner)
-is cut there into simple loops, as GEOS wants them. Rings with positive area (in x right, y down) are outer
-boundaries, the others are holes, each given to the smallest outer ring of
-its class that contains it.
+walked in order by scipy's compiled graph routines; only corner vertices are
+kept. A ring that passes a corner twice (a hole meeting the outside, or another
+hole, at a corner) is cut there into simple loops, as GEOS wants them. Rings
+with positive area (in x right, y down) are outer boundaries, the others are
+holes, each given to the smallest outer ring of its class that contains it.
 """
 
 from __future__ import annotations
@@ -73,57 +73,67 @@ def _edges(padded: np.ndarray) -> list[np.ndarray]:
     return sides
 
 
-def _successors(sides: list[np.ndarray], flat: np.ndarray, ahead_of: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel and side of every edge (side by side), the index of the edge that follows
-    each one on its outline, and whether it ends at a corner contact."""
-    pixel = np.concatenate(sides)
-    side = np.repeat(np.arange(4), [len(s) for s in sides])
-    value = flat[pixel]
-    left_of = ahead_of[(side + 3) & 3]
-    ahead = pixel + ahead_of[side]
-    diagonal = ahead + left_of
-    turn_right = flat[ahead] != value
-    straight = flat[diagonal] != value
-    next_pixel = np.where(turn_right, pixel, np.where(straight, ahead, diagonal))
-    next_side = np.where(turn_right, (side + 1) & 3, np.where(straight, side, (side + 3) & 3))
+def _successors(sides: list[np.ndarray], flat: np.ndarray, cols: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """For every edge (the sides' edges one after the other), the index of the edge that
+    follows it on its outline, and whether it ends at a corner contact.
+
+    Side by side, so every step is a scalar offset, and each lookup is a search of
+    ascending pixels in an ascending list (numpy's binary search starts from the last
+    hit); going straight along a row is the neighbour in the same list.
+    """
+    ahead_of = (1, cols, -1, -cols)
     offsets = np.cumsum([0] + [len(s) for s in sides])
-    succ = np.empty(len(pixel), np.int64)
-    for s in range(4):
-        going = next_side == s
-        succ[going] = offsets[s] + np.searchsorted(sides[s], next_pixel[going])
-    # A right turn past a diagonal pixel of the same value is where a ring may meet
-    # itself at a corner.
-    corner_contact = turn_right & (flat[diagonal] == value)
-    return pixel, side, succ, corner_contact
+    succ = np.empty(offsets[-1], np.int64)
+    contact = np.empty(offsets[-1], bool)
+    for s, pixel in enumerate(sides):
+        value = flat[pixel]
+        ahead = pixel + ahead_of[s]
+        diagonal = ahead + ahead_of[(s + 3) & 3]
+        right = flat[ahead] != value  # turn right: same pixel, next side
+        same_diagonal = flat[diagonal] == value
+        left = ~right & same_diagonal  # turn left: the diagonal pixel, previous side
+        straight = ~(right | same_diagonal)  # straight on: the pixel ahead, same side
+        out = succ[offsets[s]:offsets[s + 1]]
+        # A right turn past a diagonal pixel of the same value is where a ring may
+        # meet itself at a corner.
+        contact[offsets[s]:offsets[s + 1]] = right & same_diagonal
+        turned = (s + 1) & 3
+        out[right] = offsets[turned] + np.searchsorted(sides[turned], pixel[right])
+        if ahead_of[s] in (1, -1):
+            out[straight] = offsets[s] + np.flatnonzero(straight) + ahead_of[s]
+        else:
+            out[straight] = offsets[s] + np.searchsorted(pixel, ahead[straight])
+        turned = (s + 3) & 3
+        out[left] = offsets[turned] + np.searchsorted(sides[turned], diagonal[left])
+    return succ, contact
 
 
 def _ring_order(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges ordered ring by ring along each ring, and each ordered edge's ring label
-    (the smallest edge index in its ring)."""
+    """Edges ordered ring by ring (in order of each ring's smallest edge index) and
+    along each ring from that edge, and each edge's ring number (0, 1, ...).
+
+    The successor links form one cycle per ring. scipy's graph routines walk them in
+    compiled code: its connected components number the rings in order of their
+    smallest edge, and a depth-first walk from a root whose children are those first
+    edges lists every ring in turn, each from its first edge along its cycle.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components, depth_first_order
+
     n = len(succ)
-    first = np.arange(n)
-    jump = succ
-    while True:  # smallest index within 2^k steps, doubling k until it stops changing
-        lower = np.minimum(first, first[jump])
-        if np.array_equal(lower, first):
-            break
-        first, jump = lower, jump[jump]
-    # Steps to the ring's last edge, cutting each ring just before its first edge.
-    nxt = np.append(np.where(succ == first, n, succ), n)
-    steps = np.append((nxt[:-1] != n).astype(np.int64), 0)
-    while (nxt[:-1] != n).any():
-        steps = steps + steps[nxt]
-        nxt = nxt[nxt]
-    # Place each edge directly: rings in order of their first edge, then along the ring.
-    heads = np.flatnonzero(first == np.arange(n))
-    length = steps[heads] + 1
-    ring_at = np.zeros(n, np.int64)
-    ring_at[heads] = np.cumsum(length) - length
-    position = ring_at[first] + length[np.searchsorted(heads, first)] - 1 - steps[:-1]
-    order = np.empty(n, np.int64)
-    order[position] = np.arange(n)
-    return order, first[order]
+    target = succ.astype(np.int32)
+    row_at = np.arange(n + 2, dtype=np.int32)
+    one = np.ones(n, np.int8)
+    _, ring = connected_components(csr_matrix((one, target, row_at[:-1]), shape=(n, n)),
+                                   directed=True, connection="weak")
+    seen = np.maximum.accumulate(ring)
+    heads = np.flatnonzero(seen[1:] != seen[:-1]).astype(np.int32) + 1
+    # Node n is the root: its children are every ring's first edge (0 is always one).
+    target = np.concatenate([target, [0], heads])
+    row_at[-1] = len(target)
+    walk = csr_matrix((np.ones(len(target), np.int8), target, row_at), shape=(n + 1, n + 1))
+    return depth_first_order(walk, n, directed=True, return_predecessors=False)[1:], ring
 
 
 def _corners(labels: np.ndarray, seams: Seams
@@ -139,31 +149,25 @@ def _corners(labels: np.ndarray, seams: Seams
     if not sum(map(len, sides)):
         return (np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, labels.dtype),
                 np.zeros(0, np.int64))
-    pixel, side, succ, contact = _successors(sides, flat,
-                                             np.array([1, cols, -1, -cols], np.int64))
-    order, ring = _ring_order(succ)
-    side = side[order]
-    new_ring = np.r_[True, ring[1:] != ring[:-1]]
-    starts = np.flatnonzero(new_ring)
-    before = np.roll(side, 1)
-    before[starts] = side[np.r_[starts[1:], len(side)] - 1]
-    corner = side != before  # where the outline turns
+    succ, contact = _successors(sides, flat, cols)
+    pixel = np.concatenate(sides)
+    side = np.repeat(np.arange(4, dtype=np.int8), [len(s) for s in sides])
+    before = np.empty_like(side)
+    before[succ] = side
+    kept = side != before  # where the outline turns: a corner
+    row, col = np.divmod(pixel, cols)
+    x = col - 1 + _START[side, 0]
+    y = row - 1 + _START[side, 1]
     h, w = labels.shape
-    ordered = pixel[order]
-    if seams.top or seams.bottom or seams.left or seams.right:
-        # Every vertex on a seam is kept too: the start of every edge, then a choice.
-        xy = np.stack([ordered % cols - 1, ordered // cols - 1], axis=1) + _START[side]
-        for on, axis, at in ((seams.top, 1, 0), (seams.bottom, 1, h), (seams.left, 0, 0),
-                             (seams.right, 0, w)):
-            if on:
-                corner |= xy[:, axis] == at
-        xy = xy[corner]
-    else:
-        kept = ordered[corner]
-        xy = np.stack([kept % cols - 1, kept // cols - 1], axis=1) + _START[side[corner]]
-    number = np.cumsum(new_ring) - 1
-    return (xy, number[corner], flat[ordered[starts]],
-            np.unique(number[contact[order]]))
+    for on, along, at in ((seams.top, y, 0), (seams.bottom, y, h), (seams.left, x, 0),
+                          (seams.right, x, w)):
+        if on:  # every vertex on a seam is kept too
+            kept |= along == at
+    order, ring = _ring_order(succ)
+    order = order[kept[order]]
+    heads = np.flatnonzero(np.r_[True, ring[order[1:]] != ring[order[:-1]]])
+    return (np.stack([x[order], y[order]], axis=1), ring[order], flat[pixel[order[heads]]],
+            np.unique(ring[contact]))
 
 
 def _split_pinched(xy: np.ndarray, ring_of: np.ndarray, value: np.ndarray,

@@ -71,8 +71,8 @@ class StatsWriter:
         temp = TemporaryOutput(path, overwrite)
         spool = BorderPieces(temp.temp.with_name(temp.temp.name + ".border"))
         found = per_chunk(raster.levels[0], chunk,
-                          lambda block, y0, x0, h, w: dask.delayed(chunk_objects)(
-                              block, y0, x0, h, w, spool, None))
+                          lambda block, y0, x0, h, w: chunk_objects(
+                              block, y0, x0, h, w, spool, None), "csv-objects")
 
         def discard() -> None:
             spool.path.unlink(missing_ok=True)
