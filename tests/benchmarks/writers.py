@@ -44,14 +44,19 @@ def _cells(spacing: int, period: int = 16) -> np.ndarray:
 
 
 _PATTERN = _cells(SPACING)
+#: The pattern repeated twice each way, so any chunk of up to one period a side is a
+#: slice of it (a copy, C order, as chunks read from a file are): the generator should
+#: cost next to nothing beside the writers it feeds.
+_TILED = np.tile(_PATTERN, (2, 2))
 
 
 def _discs(block_info: dict | None = None) -> np.ndarray:
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]  # type: ignore[index]
     n = _PATTERN.shape[0]
-    rows = _PATTERN[np.arange(y0, y1) % n]
-    # C order, as chunks read from a file are.
-    return np.take(rows, np.arange(x0, x1) % n, axis=1)[None]
+    if y1 - y0 > n or x1 - x0 > n:
+        rows = _PATTERN[np.arange(y0, y1) % n]
+        return np.take(rows, np.arange(x0, x1) % n, axis=1)[None]
+    return _TILED[y0 % n:y0 % n + y1 - y0, x0 % n:x0 % n + x1 - x0].copy()[None]
 
 
 def label_raster(side: int, chunk: int = 1024):  # noqa: ANN201 - Raster, imported lazily
