@@ -104,8 +104,13 @@ def _measure(work: Path, fmt: str, side: int) -> tuple[float, float]:
     return seconds, peak
 
 
-def writers(work: Path, side: int = 40_000) -> list[tuple[str, str]]:
-    """Rows: per format, time and peak RSS at ``side``²; GeoJSON against reading the source."""
+def writers(work: Path, side: int = 40_000, turns: int = 3) -> list[tuple[str, str]]:
+    """Rows: per format, time and peak RSS at ``side``²; GeoJSON against reading the source.
+
+    GeoJSON and reading the source take turns ``turns`` times and the fastest of each
+    counts, as in the throughput rows: this shared machine's speed moves by 10-20 %
+    within minutes, more than the margin being measured.
+    """
     from tests.benchmarks.tiling import _decode_only, write_large_slide
 
     rows = [("writers: label image", f"{side:,} × {side:,} px, 3 classes, about "
@@ -116,11 +121,15 @@ def writers(work: Path, side: int = 40_000) -> list[tuple[str, str]]:
         seconds[fmt] = s
         rows.append((f"writers: {fmt} at {side:,}²", f"{s:.1f} s, peak RSS {peak:.0f} MiB"))
     slide = write_large_slide(work / f"large-{side}.tiff", side)
-    decode = _decode_only(slide, 2)
-    rows.append(("writers: reading the source (JPEG slide, same size, decode only)",
-                 f"{decode:.1f} s"))
-    rows.append(("writers: ratio GeoJSON time / source reading time (target < 1)",
-                 f"{seconds['geojson'] / decode:.2f}"))
+    geojson, decode = [seconds["geojson"]], [_decode_only(slide, 2)]
+    for _ in range(turns - 1):
+        geojson.append(_measure(work, "geojson", side)[0])
+        decode.append(_decode_only(slide, 2))
+    rows.append(("writers: GeoJSON, each turn (s)", " / ".join(f"{s:.1f}" for s in geojson)))
+    rows.append(("writers: reading the source (JPEG slide, same size, decode only), each turn (s)",
+                 " / ".join(f"{s:.1f}" for s in decode)))
+    rows.append(("writers: ratio GeoJSON time / source reading time, fastest of each "
+                 "(target < 1)", f"{min(geojson) / min(decode):.2f}"))
     return rows
 
 
