@@ -161,3 +161,95 @@ def write_shapes_slide(path: Path, truth: np.ndarray, mpp: float = 0.5) -> Path:
     tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", compression="zlib",
                      resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
     return path
+
+
+def _philips_xml(spacings_mm: list[float]) -> str:
+    """The DPUfsImport XML of a Philips TIFF: one WSI image, one pixel spacing per level."""
+    levels = "".join(
+        '<DataObject ObjectType="PixelDataRepresentation">'
+        f'<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" PMSVR="IDoubleArray">'
+        f'"{s:g}" "{s:g}"</Attribute></DataObject>' for s in spacings_mm)
+    return ('<?xml version="1.0" encoding="UTF-8" ?>'
+            '<DataObject ObjectType="DPUfsImport">'
+            '<Attribute Name="DICOM_MANUFACTURER" Group="0x0008" Element="0x0070" PMSVR="IString">'
+            'PHILIPS</Attribute>'
+            '<Attribute Name="PIM_DP_SCANNED_IMAGES" Group="0x301D" Element="0x1003" '
+            'PMSVR="IDataObjectArray"><Array><DataObject ObjectType="DPScannedImage">'
+            '<Attribute Name="DICOM_DERIVATION_DESCRIPTION" Group="0x0008" Element="0x2111" '
+            'PMSVR="IString">tiff-useBigTIFF=1-useRgb=0-levels=20,40,80-processing=0</Attribute>'
+            '<Attribute Name="PIM_DP_IMAGE_TYPE" Group="0x301D" Element="0x1004" '
+            'PMSVR="IString">WSI</Attribute>'
+            '<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" '
+            f'PMSVR="IDoubleArray">"{spacings_mm[0]:g}" "{spacings_mm[0]:g}"</Attribute>'
+            '<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE" Group="0x1001" '
+            f'Element="0x8B01" PMSVR="IDataObjectArray"><Array>{levels}</Array></Attribute>'
+            '</DataObject></Array></Attribute></DataObject>')
+
+
+def write_philips_tiff(path: Path, size: tuple[int, int] = (1024, 1536),
+                       mpp: float = 0.25) -> np.ndarray:
+    """A Philips TIFF: "Philips" software tag, DPUfsImport XML with one pixel spacing
+    (mm) per level, tiled JPEG levels ÷2 marked reduced-resolution, label and macro
+    strips after them."""
+    base = pattern(*size)
+    spacings = [mpp * 1e-3 * k for k in (1, 2, 4)]
+    kw = {"photometric": "rgb", "metadata": None, "software": "Philips DP v1.0"}
+    with tifffile.TiffWriter(path) as tif:
+        for n, k in enumerate((1, 2, 4)):
+            tif.write(base[::k, ::k].copy(), tile=(256, 256), compression="jpeg",
+                      subfiletype=0 if n == 0 else 1,
+                      description=_philips_xml(spacings) if n == 0 else None, **kw)
+        tif.write(pattern(100, 300), compression="jpeg", description="Label", **kw)
+        tif.write(pattern(200, 400), compression="jpeg", description="Macro", **kw)
+    return base
+
+
+LEICA_XMLNS = "http://www.leica-microsystems.com/scn/2010/10/01"
+
+
+def _leica_image(name: str, view: tuple[int, int, int, int],
+                 dims: list[tuple[int, int, int]], objective: str) -> str:
+    """One ``image`` of a Leica SCN collection: its view (clicks: size, offset) and one
+    ``dimension`` (width, height, IFD) per resolution."""
+    w, h, ox, oy = view
+    pixels = "".join(f'<dimension sizeX="{dw}" sizeY="{dh}" r="{r}" ifd="{ifd}"/>'
+                     for r, (dw, dh, ifd) in enumerate(dims))
+    return (f'<image name="{name}"><creationDate>2026-01-01T00:00:00.00Z</creationDate>'
+            '<device model="Leica SCN400;Leica SCN" version="1.5.1.10804 2012/05/10 13:29:07"/>'
+            f'<pixels sizeX="{dims[0][0]}" sizeY="{dims[0][1]}">{pixels}</pixels>'
+            f'<view sizeX="{w}" sizeY="{h}" offsetX="{ox}" offsetY="{oy}" spacingZ="0"/>'
+            '<scanSettings><objectiveSettings><objective>' + objective
+            + '</objective></objectiveSettings><illuminationSettings><numericalAperture>0.4'
+            '</numericalAperture><illuminationSource>brightfield</illuminationSource>'
+            '</illuminationSettings></scanSettings></image>')
+
+
+def write_leica_scn(path: Path, size: tuple[int, int] = (1024, 1536), mpp: float = 0.5,
+                    margin: tuple[int, int] = (32, 64)) -> np.ndarray:
+    """A Leica SCN: BigTIFF whose XML (default namespace Leica's) places a main image
+    (two tiled levels) at an offset ``margin`` (pixels, y and x) inside a collection,
+    with a macro image of the whole collection in directory 0. Distances are in
+    "clicks" (nm)."""
+    h, w = size
+    my, mx = margin
+    nm = round(mpp * 1000)  # clicks per level-0 pixel
+    coll_w, coll_h = (w + 2 * mx) * nm, (h + 2 * my) * nm
+    macro = pattern(coll_h // nm // 8, coll_w // nm // 8)
+    base = pattern(h, w)
+    xml = (f'<?xml version="1.0" encoding="utf-8"?><scn xmlns="{LEICA_XMLNS}">'
+           f'<collection name="wfe" uuid="00000000-0000-0000-0000-000000000000" '
+           f'sizeX="{coll_w}" sizeY="{coll_h}"><barcode>V0ZF</barcode>'
+           + _leica_image("macro", (coll_w, coll_h, 0, 0),
+                          [(macro.shape[1], macro.shape[0], 0)], "0.625")
+           + _leica_image("main", (w * nm, h * nm, mx * nm, my * nm),
+                          [(w, h, 1), (w // 4, h // 4, 2)], "20")
+           + "</collection></scn>")
+    kw = {"photometric": "rgb", "metadata": None, "tile": (128, 128), "compression": "jpeg",
+          "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(macro, description=xml, resolution=(1e4 / (mpp * 8),) * 2, **kw)
+        for k in (1, 4):
+            res = 1e4 / (mpp * k)
+            tif.write(base[::k, ::k].copy(), resolution=(res, res),
+                      subfiletype=0 if k == 1 else 1, **kw)
+    return base

@@ -11,8 +11,10 @@ from conftest import run_cli
 from imagefiles import (
     pattern,
     write_imagej,
+    write_leica_scn,
     write_ndpi,
     write_ome_tiff,
+    write_philips_tiff,
     write_svs,
 )
 from wfe.io import open_image
@@ -50,6 +52,36 @@ def test_hamamatsu_ndpi(tmp_path, registry):
     assert raster.shape == (3, 1024, 1536) and raster.mpp == pytest.approx(0.5)
     assert "macro" in raster.attrs["associated"]
     assert np.abs(_rgb(raster) - base).mean() < 3
+
+
+def test_philips_tiff(tmp_path, registry):
+    path = tmp_path / "slide.tiff"
+    base = write_philips_tiff(path, mpp=0.25)
+    raster = open_image(path, registry)
+    # OpenSlide claims it (more specific than the tifffile reader), pixel size from the
+    # XML's DICOM pixel spacing (mm), not from TIFF resolution tags (there are none).
+    assert raster.attrs["reader"] == "openslide" and raster.attrs["vendor"] == "philips"
+    assert [lvl.shape for lvl in raster.levels] == [(3, 1024, 1536), (3, 512, 768),
+                                                    (3, 256, 384)]
+    assert raster.pixel_size == pytest.approx([0.25, 0.5, 1.0])
+    assert raster.attrs["objective_power"] == "20"
+    assert raster.attrs["associated"] == ["label", "macro"]
+    assert np.abs(_rgb(raster) - base).mean() < 3
+
+
+def test_leica_scn_main_image_placed_in_its_collection(tmp_path, registry):
+    path = tmp_path / "slide.scn"
+    base = write_leica_scn(path, mpp=0.5, margin=(32, 64))
+    raster = open_image(path, registry)
+    assert raster.attrs["reader"] == "openslide" and raster.attrs["vendor"] == "leica"
+    # Level 0 spans the whole collection; the main image sits at its offset, and the
+    # rest of the collection (nothing scanned) reads as white.
+    assert raster.shape == (3, 1024 + 64, 1536 + 128)
+    assert raster.mpp == pytest.approx(0.5) and raster.pixel_size[1] == pytest.approx(2.0)
+    assert raster.attrs["objective_power"] == "20" and raster.attrs["associated"] == ["macro"]
+    rgb = _rgb(raster)
+    assert np.abs(rgb[32:32 + 1024, 64:64 + 1536] - base).mean() < 3
+    assert (rgb[:32] == 255).all() and (rgb[:, :64] == 255).all()
 
 
 def test_ome_tiff_subifd_pyramid_uint16_channels(tmp_path, registry):
