@@ -253,3 +253,38 @@ def write_leica_scn(path: Path, size: tuple[int, int] = (1024, 1536), mpp: float
             tif.write(base[::k, ::k].copy(), resolution=(res, res),
                       subfiletype=0 if k == 1 else 1, **kw)
     return base
+
+
+def _qpi_description(image_type: str, name: str = "", color: str = "") -> str:
+    extra = f"<Name>{name}</Name><Color>{color}</Color>" if name else ""
+    return ('<?xml version="1.0" encoding="utf-8"?><PerkinElmer-QPI-ImageDescription>'
+            "<DescriptionVersion>2</DescriptionVersion>"
+            "<AcquisitionSoftware>PerkinElmer-QPI</AcquisitionSoftware>"
+            f"<ImageType>{image_type}</ImageType>{extra}"
+            "</PerkinElmer-QPI-ImageDescription>")
+
+
+QPI_CHANNELS = (("DAPI", "0,0,255"), ("CD8", "0,255,0"), ("PanCK", "255,0,0"))
+
+
+def write_qptiff(path: Path, size: tuple[int, int] = (1024, 768),
+                 mpp: float = 0.5) -> np.ndarray:
+    """A PerkinElmer (Akoya) QPTIFF: one tiled uint16 page per channel, each named in
+    its QPI XML, then an RGB thumbnail, then each reduced resolution (÷2) channel by
+    channel; pixel size in the resolution tags (cm)."""
+    data = np.moveaxis(pattern(*size, channels=len(QPI_CHANNELS), dtype=np.uint16), -1, 0)
+    kw = {"software": "PerkinElmer-QPI", "metadata": None, "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k in (1, 2):
+            res = 1e4 / (mpp * k)
+            for plane, (name, color) in zip(data, QPI_CHANNELS, strict=True):
+                tif.write(plane[::k, ::k].copy(), tile=(256, 256), compression="zlib",
+                          photometric="minisblack", resolution=(res, res),
+                          subfiletype=0 if k == 1 else 1,
+                          description=_qpi_description(
+                              "FullResolution" if k == 1 else "ReducedResolution",
+                              name, color), **kw)
+            if k == 1:
+                tif.write(pattern(64, 48), photometric="rgb", compression="jpeg",
+                          description=_qpi_description("Thumbnail"), **kw)
+    return data

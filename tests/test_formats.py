@@ -15,6 +15,7 @@ from imagefiles import (
     write_ndpi,
     write_ome_tiff,
     write_philips_tiff,
+    write_qptiff,
     write_svs,
 )
 from wfe.io import open_image
@@ -82,6 +83,18 @@ def test_leica_scn_main_image_placed_in_its_collection(tmp_path, registry):
     rgb = _rgb(raster)
     assert np.abs(rgb[32:32 + 1024, 64:64 + 1536] - base).mean() < 3
     assert (rgb[:32] == 255).all() and (rgb[:, :64] == 255).all()
+
+
+def test_qptiff_channels_named_from_its_xml(tmp_path, registry):
+    path = tmp_path / "multiplex.qptiff"
+    data = write_qptiff(path, mpp=0.5)
+    raster = open_image(path, registry)
+    assert raster.attrs["reader"] == "tiff" and raster.attrs["vendor"] == "qpi"
+    assert raster.dtype == np.uint16 and list(raster.channels) == ["DAPI", "CD8", "PanCK"]
+    assert raster.pixel_size == pytest.approx([0.5, 1.0])
+    assert raster.attrs["associated"] == ["Thumbnail"]
+    assert np.array_equal(raster.levels[0].compute(), data)
+    assert np.array_equal(raster.levels[1].compute(), data[:, ::2, ::2])
 
 
 def test_ome_tiff_subifd_pyramid_uint16_channels(tmp_path, registry):

@@ -105,6 +105,23 @@ def _svs_mpp(page: Any) -> float | None:
     return None
 
 
+def _qpi_channels(series: Any) -> list[str]:
+    """Channel names of a PerkinElmer/Akoya QPTIFF: each full-resolution page's QPI XML
+    names its channel (``<Name>``); tifffile does not read them."""
+    import xml.etree.ElementTree as ET
+
+    names = []
+    for page in series.levels[0].pages:
+        try:
+            name = ET.fromstring(page.description).findtext("Name")
+        except (ET.ParseError, AttributeError):
+            return []
+        if not name:
+            return []
+        names.append(name.strip())
+    return names
+
+
 def _vendor(tif: Any) -> str:
     page = tif.pages.first
     for flag in _FLAGS:
@@ -230,7 +247,8 @@ def _layout(axes: str, shape: tuple[int, ...], index: dict[str, int],
 
 
 class TiffReader:
-    """tifffile reader: tiled or stripped TIFF, OME-TIFF, BigTIFF, ImageJ, QPTIFF."""
+    """tifffile reader: tiled or stripped TIFF, OME-TIFF, BigTIFF, ImageJ, QPTIFF (channel
+    names from its QPI XML)."""
 
     name = "tiff"
 
@@ -272,6 +290,7 @@ class TiffReader:
             single_page = [len(lvl.pages) == 1 for lvl in s.levels]
             ome_image = _ome_image(tif)
             pixels = ome_image.get("Pixels", {})
+            names = _ome_channels(pixels) or (_qpi_channels(s) if tif.is_qpi else [])
             extra = _wfe_description(ome_image)
             file_mpp = (_ome_mpp(pixels) or _svs_mpp(page)
                         or _mpp_from_tags(page, tif.imagej_metadata))
@@ -302,7 +321,7 @@ class TiffReader:
         pixel_size = None
         if base:
             pixel_size = [base * levels[0].shape[2] / lvl.shape[2] for lvl in levels]
-        channels = _ome_channels(pixels)
+        channels = names
         if len(channels) != n_channels:
             channels = list(("R", "G", "B")) if n_channels == 3 and "S" in axes else []
         return Raster(levels=levels, pixel_size=pixel_size, channels=tuple(channels),
