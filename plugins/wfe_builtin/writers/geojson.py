@@ -99,54 +99,42 @@ def _kind(kinds: list[dict[str, Any]], value: int) -> dict[str, Any]:
 
 
 def _features(objects: Outlines, geometry: _Geometry, kinds: list[dict[str, Any]],
-              simplify: float) -> bytes:
-    """The objects as GeoJSON Features (UTF-8), one a line, separated by ``,\\n``.
+              simplify: float) -> list[bytes]:
+    """One GeoJSON Feature (a line of UTF-8 text) per object.
 
-    orjson writes all coordinates of the chunk in one call, straight from the numpy
-    array (integers stay integers), and each ring is then a slice of that text: the
-    coordinates are most of a GeoJSON file, and one call per feature (or shapely's
-    ``to_geojson``) holds Python's lock for most of the writing time, so chunks could
-    not be written in parallel.
+    orjson writes the coordinates straight from numpy arrays (integers stay
+    integers): three times faster than shapely's ``to_geojson``, which also holds
+    the GIL, and the coordinates are most of a GeoJSON file.
     """
     import orjson
 
-    if not len(objects):
-        return b""
     coords, ring_at, polygon_at = geometry.place(objects.polygons, simplify)
     if np.array_equal(coords, np.rint(coords)) and np.abs(coords).max(initial=0) < 2 ** 53:
         coords = coords.astype(np.int64)
-    text = orjson.dumps(coords, option=orjson.OPT_SERIALIZE_NUMPY)
-    # Every point is one "[x,y]": its "[" is where its text starts.
-    opens = np.flatnonzero(np.frombuffer(text, np.uint8) == ord("["))[1:]
-    ring_from = opens[ring_at[:-1]].tolist()
-    ring_to = (np.append(opens, len(text))[ring_at[1:]] - 1).tolist()
     # Everything but the coordinates and the area is the same for all objects of a class.
-    start = b'{"type":"Feature","geometry":{"type":"Polygon","coordinates":['
+    start = b'{"type":"Feature","geometry":{"type":"Polygon","coordinates":'
     middle = {}
     for v in np.unique(objects.values).tolist():
         kind = _kind(kinds, v)
-        middle[v] = (b']},"properties":{"objectType":"annotation","classification":'
+        middle[v] = (b'},"properties":{"objectType":"annotation","classification":'
                      + orjson.dumps(kind) + b',"class":' + orjson.dumps(kind["name"])
                      + b',"area":')
     end = b',"area_unit":' + orjson.dumps(geometry.unit) + b"}}"
-    areas = orjson.dumps([round(a, 6) for a in (objects.areas * geometry.pixel_area).tolist()])
-    view = memoryview(text)
-    parts: list[bytes | memoryview] = []
-    rings = polygon_at.tolist()
-    for i, (value, area) in enumerate(zip(objects.values.tolist(), areas[1:-1].split(b","),
-                                          strict=True)):
-        parts.append(b",\n" + start if i else start)
-        for r in range(rings[i], rings[i + 1]):
-            parts += (b"[" if r == rings[i] else b",[", view[ring_from[r]:ring_to[r]], b"]")
-        parts += (middle[value], area, end)
-    return b"".join(parts)
+    areas = (objects.areas * geometry.pixel_area).tolist()
+    lines = []
+    for i, (value, area) in enumerate(zip(objects.values.tolist(), areas, strict=True)):
+        rings = [coords[ring_at[r]:ring_at[r + 1]]
+                 for r in range(polygon_at[i], polygon_at[i + 1])]
+        lines.append(start + orjson.dumps(rings, option=orjson.OPT_SERIALIZE_NUMPY)
+                     + middle[value] + orjson.dumps(round(area, 6)) + end)
+    return lines
 
 
 def _chunk(block: np.ndarray, y0: int, x0: int, height: int, width: int, part: Path,
            spool: BorderPieces, geometry: _Geometry, kinds: list[dict[str, Any]],
            simplify: float) -> ChunkObjects:
     def emit(objects: Outlines) -> None:
-        part.write_bytes(_features(objects, geometry, kinds, simplify))
+        part.write_bytes(b",\n".join(_features(objects, geometry, kinds, simplify)))
 
     return chunk_objects(block, y0, x0, height, width, spool, emit)
 
@@ -168,10 +156,9 @@ def _merge_share(found: Totals, spool: BorderPieces, share: int, part: Path,
     """Features of one share of the merged border objects, into ``part``; objects per class."""
     with part.open("wb") as out:
         def emit(merged: Outlines) -> None:
-            features = _features(merged, geometry, kinds, simplify)
-            if out.tell() and features:
+            if out.tell():
                 out.write(b",\n")
-            out.write(features)
+            out.write(b",\n".join(_features(merged, geometry, kinds, simplify)))
 
         return merged_objects(found, spool, share, emit)
 
