@@ -51,6 +51,28 @@ def test_tile_slide_reads_back_with_the_same_pixels_and_pixel_size(sample_slide,
     assert (out / "slide" / "tissue.png").exists() and (out / "slide" / "tissue.ome.zarr").exists()
 
 
+def test_pyramid_written_in_blocks_equals_the_pyramid_in_memory(sample_slide, tmp_path,
+                                                                  registry):
+    """The tile stage writes many chunks per task; every level must still hold exactly
+    the pyramid computed in memory, also for a chunk size that halves into odd blocks
+    (300: blocks of 1800, 900, then 450, which would put two tasks on one chunk)."""
+    import dask
+
+    from wfe_builtin.writers.ome_zarr import OmeZarrWriter, pyramid, pyramid_raster
+
+    source = open_image(sample_slide, registry)
+    expected = pyramid(source, 300, labels=False)  # one task per chunk, as reference
+    tiled = pyramid_raster(source, 300, block=2048)
+    assert tiled.levels[0].chunks[1][0] == 1800 and len(tiled.levels) == len(expected)
+    sink = OmeZarrWriter().write(tiled, tmp_path / "t.ome.zarr", chunk=300, is_pyramid=True)
+    dask.compute(*sink.work, scheduler="threads", num_workers=4)
+    sink.finalize()
+    stored = open_image(tmp_path / "t.ome.zarr", registry)
+    for want, got in zip(expected, stored.levels, strict=True):
+        assert got.chunks[1][0] == min(300, got.shape[1])
+        assert np.array_equal(got.compute(), want.compute())
+
+
 def test_tile_scene_keeps_crs_transform_and_shards(tmp_path, registry):
     scene = SyntheticScene(1500, 1200, seed=2)
     src = write_scene(tmp_path / "scene.tif", scene)

@@ -44,14 +44,14 @@ class TileStage(Stage):
     Params = TileParams
 
     def run(self, ctx: StageContext, *, image: Raster, **_: Any) -> dict[str, Any]:
-        from wfe_builtin.writers.ome_zarr import OmeZarrWriter, pyramid_raster
+        from wfe_builtin.writers.ome_zarr import WRITE_BLOCK, OmeZarrWriter, pyramid_raster
 
         p: TileParams = self.params  # type: ignore[assignment]
         path = ctx.format_path(p.path)
         if "{output}" not in p.path and not path.is_absolute():
             path = ctx.output / path
-        tiled = pyramid_raster(image, p.chunk)
-        ctx.add_sink(OmeZarrWriter().write(tiled, path, overwrite=p.overwrite,
+        tiled = pyramid_raster(image, p.chunk, p.shard or WRITE_BLOCK)
+        ctx.add_sink(OmeZarrWriter().write(tiled, path, overwrite=p.overwrite, chunk=p.chunk,
                                            compressor=p.compressor,
                                            compression_level=p.compression_level,
                                            shard=p.shard, is_pyramid=True))

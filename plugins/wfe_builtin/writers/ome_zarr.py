@@ -1,4 +1,5 @@
-"""OME-Zarr (NGFF 0.5, Zarr v3) multiscale images, written chunk by chunk with ome-zarr-py.
+"""OME-Zarr (NGFF 0.5, Zarr v3) multiscale images: arrays stored by dask, blocks of whole
+chunks at a time; the multiscales metadata by ome-zarr-py.
 
 Each level's transforms put its pixel centres on level 0's (``scale`` plus the
 half-pixel ``translation`` of a factor-2 reduction), so napari and other NGFF
@@ -19,9 +20,13 @@ from wfe.raster import Raster
 from wfe.resample import downsample
 from wfe.sink import Sink, TemporaryOutput
 
-__all__ = ["COMPRESSORS", "OmeZarrWriter", "codecs", "pyramid", "pyramid_raster"]
+__all__ = ["COMPRESSORS", "WRITE_BLOCK", "OmeZarrWriter", "codecs", "pyramid", "pyramid_raster"]
 
 MIN_CHUNK = 256
+#: Pixels a side the tile stage writes in one task (a whole number of chunks): zarr-python
+#: costs a few milliseconds per call beyond the bytes, about as much as compressing a
+#: 512² chunk; one call per 4 × 4 chunks shares that cost among them.
+WRITE_BLOCK = 2048
 COMPRESSORS = ("zstd", "blosc-lz4", "none")
 _UNIT_NAMES = {"µm": "micrometer", "m": "meter", "ft": "foot"}
 
@@ -40,21 +45,35 @@ def codecs(compressor: str, level: int | None) -> list[Any]:
     raise WfeError(f"unknown compressor {compressor!r}", f"use one of {', '.join(COMPRESSORS)}")
 
 
-def pyramid(raster: Raster, chunk: int | None, labels: bool) -> list[Any]:
+def pyramid(raster: Raster, chunk: int | None, labels: bool,
+            block: int | None = None) -> list[Any]:
     """Level 0 and factor-2 reductions down to one chunk: mean for images, nearest for labels.
 
     By default each level keeps the chunks the data arrives in (halved from level
     to level), so no level needs pixels from its neighbours' chunks and memory
-    stays bounded; chunks smaller than ``MIN_CHUNK`` are merged.
+    stays bounded; chunks smaller than ``MIN_CHUNK`` are merged. With ``block``
+    (and a ``chunk``), level 0 comes in blocks of whole chunks about that size and
+    each level is reduced from its own blocks (halved until they are one chunk), so
+    one task writes many chunks and memory still holds a few blocks.
     """
     level0 = raster.levels[0]
     if chunk is not None:
-        level0 = level0.rechunk((raster.shape[0], chunk, chunk))
+        step = chunk * max(1, (block or chunk) // chunk)
+        level0 = level0.rechunk((raster.shape[0], step, step))
     else:
         level0 = level0.rechunk((raster.shape[0], *(c[0] for c in level0.chunks[1:])))
     levels = [level0]
-    while max(levels[-1].shape[1:]) > max(levels[-1].chunks[1][0], levels[-1].chunks[2][0]):
+    while max(levels[-1].shape[1:]) > (
+            chunk if block and chunk else max(levels[-1].chunks[1][0], levels[-1].chunks[2][0])):
         nxt = downsample(levels[-1], 2, "nearest" if labels else "mean")
+        if block and chunk:
+            # Blocks stay whole numbers of chunks: two tasks never write one chunk.
+            size = max(c[0] for c in nxt.chunks[1:])
+            if size % chunk:
+                size = chunk * max(1, size // chunk)
+                nxt = nxt.rechunk((raster.shape[0], size, size))
+            levels.append(nxt)
+            continue
         size = max(MIN_CHUNK, min(c[0] for c in nxt.chunks[1:]))
         if chunk is not None:
             size = chunk
@@ -62,9 +81,10 @@ def pyramid(raster: Raster, chunk: int | None, labels: bool) -> list[Any]:
     return levels
 
 
-def pyramid_raster(raster: Raster, chunk: int | None) -> Raster:
-    """``raster`` with the factor-2 pyramid the writer stores (same geometry at level 0)."""
-    levels = pyramid(raster, chunk, raster.is_labels)
+def pyramid_raster(raster: Raster, chunk: int | None, block: int | None = None) -> Raster:
+    """``raster`` with the factor-2 pyramid the writer stores (same geometry at level 0);
+    ``block``: see :func:`pyramid`."""
+    levels = pyramid(raster, chunk, raster.is_labels, block)
     pixel_size = None
     if raster.pixel_size is not None:
         pixel_size = [float(raster.pixel_size[0]) * 2**i for i in range(len(levels))]
@@ -87,8 +107,9 @@ class OmeZarrWriter:
               is_pyramid: bool = False, **_: Any) -> Sink:
         """Write ``raster``; ``is_pyramid`` says its levels already are the factor-2 pyramid
         (as :func:`pyramid_raster` makes them) and are to be stored as they are."""
+        import dask.array as da
         import zarr
-        from ome_zarr.writer import write_multiscale
+        from ome_zarr.writer import write_multiscales_metadata
 
         levels = list(raster.levels) if is_pyramid else pyramid(raster, chunk,
                                                                 raster.is_labels)
@@ -112,24 +133,28 @@ class OmeZarrWriter:
                        {"type": "translation",
                         "translation": [0.0, base * (f - 1) / 2, base * (f - 1) / 2]}]
                       for f in factors]
-        storage = []
         nominal = chunk or levels[0].chunks[1][0]
+        work = []
         for i, lvl in enumerate(levels):
-            # The nominal chunk, even where a level is smaller: shards must be multiples of it.
-            size = nominal if shard is not None else lvl.chunks[1][0]
-            # Writing every chunk, blank ones too, skips a per-chunk scan for blankness
-            # that costs more than writing (and a blank chunk compresses to almost nothing).
-            opts: dict[str, Any] = {"chunks": (lvl.shape[0], size, size),
-                                    "config": {"write_empty_chunks": True}}
-            if i == 0:
-                opts["compressor"] = codecs(compressor, compression_level)
+            # The nominal chunk, even where a level is smaller: shards must be multiples of
+            # it; without a chunk asked for, each level's own dask chunk.
+            size = nominal if shard is not None or chunk is not None else lvl.chunks[1][0]
+            array = group.create_array(
+                f"s{i}", shape=lvl.shape, dtype=lvl.dtype, chunks=(lvl.shape[0], size, size),
+                shards=None if shard is None else (lvl.shape[0], shard, shard),
+                compressors=codecs(compressor, compression_level),
+                dimension_names=[a["name"] for a in axes],
+                # Writing every chunk, blank ones too, skips a per-chunk scan for blankness
+                # that costs more than writing (a blank chunk compresses to almost nothing).
+                config={"write_empty_chunks": True})
+            # One task a shard (no two tasks write one shard), else one a dask chunk.
             if shard is not None:
-                opts["shards"] = (lvl.shape[0], shard, shard)
-            storage.append(opts)
-        work = write_multiscale(levels, group, axes=axes, coordinate_transformations=transforms,
-                                storage_options=storage,
-                                name=Path(raster.attrs.get("source", "image")).name,
-                                compute=False)
+                lvl = lvl.rechunk((lvl.shape[0], shard, shard))
+            work.append(da.store(lvl, array, lock=False, compute=False))
+        write_multiscales_metadata(
+            group, [{"path": f"s{i}", "coordinateTransformations": t}
+                    for i, t in enumerate(transforms)],
+            axes=axes, name=Path(raster.attrs.get("source", "image")).name)
         group.attrs["wfe"] = {
             "channels": list(raster.channels),
             **{k: raster.attrs[k] for k in ("classes", "colors", "source", "crs_unit")
@@ -140,7 +165,7 @@ class OmeZarrWriter:
         if raster.is_labels:
             group.attrs["ome"] = {**group.attrs["ome"], "image-label": _image_label(raster, path)}
         finalize = temp.commit if image is None else (lambda: _add_label(image, temp))
-        return Sink(path=path, work=list(work), finalize=finalize, abort=temp.discard)
+        return Sink(path=path, work=work, finalize=finalize, abort=temp.discard)
 
 
 def _labelled_image(path: Path) -> Path | None:
