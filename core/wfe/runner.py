@@ -13,6 +13,7 @@ from typing import Any
 import dask
 
 from wfe.errors import WfeError
+from wfe.heap import fix_heap_thresholds
 from wfe.plugins import Registry
 from wfe.stage import StageContext
 from wfe.workflow import Workflow
@@ -40,6 +41,7 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     ``dask.compute`` over all the sinks, so shared upstream work (e.g. a
     segmentation written both as labels and as an overlay) runs once.
     """
+    fix_heap_thresholds()
     ctx = StageContext(input=input_path, output=output, workflow_dir=workflow.directory,
                        registry=registry, device=device,
                        root=root)
