@@ -288,3 +288,62 @@ def write_qptiff(path: Path, size: tuple[int, int] = (1024, 768),
                 tif.write(pattern(64, 48), photometric="rgb", compression="jpeg",
                           description=_qpi_description("Thumbnail"), **kw)
     return data
+
+
+def write_dicom_wsi(folder: Path, size: tuple[int, int] = (1024, 1536), mpp: float = 0.5,
+                    tile: int = 256) -> tuple[list[Path], np.ndarray]:
+    """A DICOM WSI series (VL Whole Slide Microscopy Image): one file per level (÷4),
+    uncompressed RGB frames in TILED_FULL order, pixel spacing in mm, plus a label;
+    the files share a SeriesInstanceUID, as scanners and converters write them."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    series, study, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    base = pattern(*size)
+
+    def one(path: Path, image: np.ndarray, image_type: list[str], spacing_mm: float) -> Path:
+        h, w = image.shape[:2]
+        th, tw = (h, w) if "LABEL" in image_type else (tile, tile)
+        rows, cols = -(-h // th), -(-w // tw)
+        padded = np.zeros((rows * th, cols * tw, 3), np.uint8)
+        padded[:h, :w] = image
+        frames = padded.reshape(rows, th, cols, tw, 3).transpose(0, 2, 1, 3, 4)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame_of_ref
+        ds.Modality, ds.Manufacturer = "SM", "wfe tests"
+        ds.ImageType = image_type
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.Rows, ds.Columns = th, tw
+        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+        ds.TotalPixelMatrixFocalPlanes = 1
+        ds.NumberOfFrames = rows * cols
+        ds.DimensionOrganizationType = "TILED_FULL"
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = w * spacing_mm, h * spacing_mm
+        measures = Dataset()
+        measures.PixelSpacing = [spacing_mm, spacing_mm]
+        measures.SliceThickness = 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        ds.PixelData = np.ascontiguousarray(frames).tobytes()
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        return path
+
+    # Level 0 is the original; the reduced levels are derived (resampled) from it.
+    files = [one(folder / f"level-{n}.dcm", base[::k, ::k].copy(),
+                 ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if k == 1
+                 else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"], mpp * k * 1e-3)
+             for n, k in enumerate((1, 4))]
+    files.append(one(folder / "label.dcm", pattern(100, 300),
+                     ["ORIGINAL", "PRIMARY", "LABEL", "NONE"], 0.1))
+    return files, base

@@ -10,6 +10,7 @@ from PIL import Image
 from conftest import run_cli
 from imagefiles import (
     pattern,
+    write_dicom_wsi,
     write_imagej,
     write_leica_scn,
     write_ndpi,
@@ -95,6 +96,18 @@ def test_qptiff_channels_named_from_its_xml(tmp_path, registry):
     assert raster.attrs["associated"] == ["Thumbnail"]
     assert np.array_equal(raster.levels[0].compute(), data)
     assert np.array_equal(raster.levels[1].compute(), data[:, ::2, ::2])
+
+
+def test_dicom_wsi_series_opens_from_any_of_its_files(tmp_path, registry):
+    files, base = write_dicom_wsi(tmp_path, mpp=0.5)
+    # OpenSlide gathers the series (same SeriesInstanceUID) from the file's folder.
+    for one in (files[0], files[1]):
+        raster = open_image(one, registry)
+        assert raster.attrs["reader"] == "openslide" and raster.attrs["vendor"] == "dicom"
+        assert [lvl.shape for lvl in raster.levels] == [(3, 1024, 1536), (3, 256, 384)]
+        assert raster.pixel_size == pytest.approx([0.5, 2.0])
+        assert raster.attrs["associated"] == ["label"]
+    assert np.array_equal(_rgb(raster), base)  # uncompressed frames: exact
 
 
 def test_ome_tiff_subifd_pyramid_uint16_channels(tmp_path, registry):

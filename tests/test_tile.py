@@ -14,6 +14,7 @@ from conftest import ROOT, run_cli
 from imagefiles import (
     corrupt_tile,
     set_compression,
+    write_dicom_wsi,
     write_geotiff_without_crs,
     write_huge_declared,
     write_tiled_jpeg,
@@ -152,6 +153,24 @@ def test_bad_files_fail_alone_with_one_line_each(sample_slide, tmp_path):
         folder = out / name
         left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
         assert left == [], f"{name}: {left}"  # nothing half-written, nothing that looks done
+
+
+def test_dicom_series_with_its_original_missing_fails_alone(sample_slide, tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    files, _ = write_dicom_wsi(series)
+    files[0].unlink()  # the full-resolution level; OpenSlide would open the rest as a slide
+    good = tmp_path / "good.tiff"
+    shutil.copy(sample_slide, good)
+    out = tmp_path / "out"
+    result = run_cli("run", TILE, "-i", good, "-i", files[1], "-o", out)
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    error = _failed(out, "level-1.dcm")
+    assert "no full-resolution level" in error and "a file of the series is missing" in error
+    assert (out / "good" / "image.ome.zarr" / "zarr.json").exists()
+    folder = out / "level-1"
+    assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_gsd_on_an_image_without_crs_is_one_clear_line(sample_slide, tmp_path):

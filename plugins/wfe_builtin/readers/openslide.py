@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from wfe.errors import InputError
 from wfe.raster import Raster
 from wfe_builtin.readers._common import decode_guard, lazy_blocks, plausible_mpp
 
@@ -40,6 +41,18 @@ def _read_tile(path: str, level: int, downsample: float,
     return np.rint(rgb).astype(np.uint8).transpose(2, 0, 1)
 
 
+def _check_dicom_series(path: Path, props: Any) -> None:
+    """A DICOM series whose largest level is a resampled one has lost its original
+    (full-resolution) file: OpenSlide would open the rest as a smaller slide."""
+    if props.get("openslide.vendor") != "dicom":
+        return
+    if props.get("dicom.ImageType[3]") == "RESAMPLED":
+        series = props.get("dicom.SeriesInstanceUID", "?")
+        raise InputError(f"{path}: DICOM series {series} has no full-resolution level (its "
+                         "largest image is resampled): a file of the series is missing",
+                         "copy every .dcm file of the series into the same folder")
+
+
 class OpenSlideReader:
     """OpenSlide reader: vendor formats (and tiled TIFF that OpenSlide accepts)."""
 
@@ -63,6 +76,7 @@ class OpenSlideReader:
 
         slide = _slide(str(path))
         props = slide.properties
+        _check_dicom_series(path, props)
         file_mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
         base = mpp or plausible_mpp(float(file_mpp) if file_mpp else None, str(path))
         levels = []
