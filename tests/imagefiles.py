@@ -347,3 +347,22 @@ def write_dicom_wsi(folder: Path, size: tuple[int, int] = (1024, 1536), mpp: flo
     files.append(one(folder / "label.dcm", pattern(100, 300),
                      ["ORIGINAL", "PRIMARY", "LABEL", "NONE"], 0.1))
     return files, base
+
+
+def write_ventana_bif(path: Path, size: tuple[int, int] = (1024, 1536),
+                      mpp: float = 0.5) -> np.ndarray:
+    """A Ventana BIF in its plain layout (no stitched areas): the first page is the
+    "Label Image" carrying the iScan XMP (magnification, scan resolution), then tiled
+    levels described as ``level=N mag=M``, then a thumbnail."""
+    base = pattern(*size)
+    iscan = (f'<?xml version="1.0" encoding="utf-8"?><iScan Magnification="20" '
+             f'ScanRes="{mpp}" ScannerModel="VENTANA iScan HT" UnitNumber="wfe"/>').encode()
+    kw = {"photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(pattern(200, 400), description="Label Image", compression="jpeg",
+                  extratags=[(700, "B", len(iscan), iscan, True)], **kw)
+        for n, k in enumerate((1, 4)):
+            tif.write(base[::k, ::k].copy(), tile=(256, 256), compression="jpeg",
+                      description=f"level={n} mag={20 // k} quality=90", **kw)
+        tif.write(pattern(64, 96), description="Thumbnail", compression="jpeg", **kw)
+    return base

@@ -18,6 +18,7 @@ from imagefiles import (
     write_philips_tiff,
     write_qptiff,
     write_svs,
+    write_ventana_bif,
 )
 from wfe.io import open_image
 from wfe.resolution import at_resolution
@@ -108,6 +109,19 @@ def test_dicom_wsi_series_opens_from_any_of_its_files(tmp_path, registry):
         assert raster.pixel_size == pytest.approx([0.5, 2.0])
         assert raster.attrs["associated"] == ["label"]
     assert np.array_equal(_rgb(raster), base)  # uncompressed frames: exact
+
+
+def test_ventana_bif(tmp_path, registry):
+    path = tmp_path / "slide.bif"
+    base = write_ventana_bif(path, mpp=0.5)
+    raster = open_image(path, registry)
+    # Detected from the iScan XMP of the first page; levels from "level=N mag=M".
+    assert raster.attrs["reader"] == "openslide" and raster.attrs["vendor"] == "ventana"
+    assert [lvl.shape for lvl in raster.levels] == [(3, 1024, 1536), (3, 256, 384)]
+    assert raster.pixel_size == pytest.approx([0.5, 2.0])
+    assert raster.attrs["objective_power"] == "20"
+    assert raster.attrs["associated"] == ["macro", "thumbnail"]
+    assert np.abs(_rgb(raster) - base).mean() < 3
 
 
 def test_ome_tiff_subifd_pyramid_uint16_channels(tmp_path, registry):
