@@ -113,7 +113,7 @@ def tiling(work: Path, side: int = 40_000, workers: int = 2,
         decodes.append(_decode_only(slide, workers))
         runs.append(tile_run(work, slide, workers))
     decode = min(decodes)
-    compute, wall, peak = min(runs)
+    compute, wall, _ = min(runs)
     peak = max(r[2] for r in runs)
     mpx = side * side / 1e6
     return [

@@ -290,7 +290,7 @@ class TiffReader:
             single_page = [len(lvl.pages) == 1 for lvl in s.levels]
             ome_image = _ome_image(tif)
             pixels = ome_image.get("Pixels", {})
-            names = _ome_channels(pixels) or (_qpi_channels(s) if tif.is_qpi else [])
+            channels = _ome_channels(pixels) or (_qpi_channels(s) if tif.is_qpi else [])
             extra = _wfe_description(ome_image)
             file_mpp = (_ome_mpp(pixels) or _svs_mpp(page)
                         or _mpp_from_tags(page, tif.imagej_metadata))
@@ -321,7 +321,6 @@ class TiffReader:
         pixel_size = None
         if base:
             pixel_size = [base * levels[0].shape[2] / lvl.shape[2] for lvl in levels]
-        channels = names
         if len(channels) != n_channels:
             channels = list(("R", "G", "B")) if n_channels == 3 and "S" in axes else []
         return Raster(levels=levels, pixel_size=pixel_size, channels=tuple(channels),

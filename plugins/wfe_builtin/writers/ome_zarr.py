@@ -62,11 +62,12 @@ def pyramid(raster: Raster, chunk: int | None, labels: bool,
         level0 = level0.rechunk((raster.shape[0], step, step))
     else:
         level0 = level0.rechunk((raster.shape[0], *(c[0] for c in level0.chunks[1:])))
+    blocked = block is not None and chunk is not None
     levels = [level0]
     while max(levels[-1].shape[1:]) > (
-            chunk if block and chunk else max(levels[-1].chunks[1][0], levels[-1].chunks[2][0])):
+            chunk if blocked else max(levels[-1].chunks[1][0], levels[-1].chunks[2][0])):
         nxt = downsample(levels[-1], 2, "nearest" if labels else "mean")
-        if block and chunk:
+        if blocked:
             # Blocks stay whole numbers of chunks: two tasks never write one chunk.
             size = max(c[0] for c in nxt.chunks[1:])
             if size % chunk:
@@ -134,6 +135,7 @@ class OmeZarrWriter:
                         "translation": [0.0, base * (f - 1) / 2, base * (f - 1) / 2]}]
                       for f in factors]
         nominal = chunk or levels[0].chunks[1][0]
+        compressors = codecs(compressor, compression_level)
         work = []
         for i, lvl in enumerate(levels):
             # The nominal chunk, even where a level is smaller: shards must be multiples of
@@ -142,7 +144,7 @@ class OmeZarrWriter:
             array = group.create_array(
                 f"s{i}", shape=lvl.shape, dtype=lvl.dtype, chunks=(lvl.shape[0], size, size),
                 shards=None if shard is None else (lvl.shape[0], shard, shard),
-                compressors=codecs(compressor, compression_level),
+                compressors=compressors,
                 dimension_names=[a["name"] for a in axes],
                 # Writing every chunk, blank ones too, skips a per-chunk scan for blankness
                 # that costs more than writing (a blank chunk compresses to almost nothing).
