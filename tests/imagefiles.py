@@ -366,3 +366,157 @@ def write_ventana_bif(path: Path, size: tuple[int, int] = (1024, 1536),
                       description=f"level={n} mag={20 // k} quality=90", **kw)
         tif.write(pattern(64, 96), description="Thumbnail", compression="jpeg", **kw)
     return base
+
+
+def write_mirax(path: Path, images: tuple[int, int] = (4, 3), image: int = 256,
+                overlap: int = 16, mpp: float = 0.25,
+                missing: tuple[int, int] = (3, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """A MIRAX slide as 3DHISTECH lays it out: ``slide.mrxs`` beside a ``slide/`` folder
+    holding Slidedat.ini, Index.dat and one data file.
+
+    Level 0 is ``images`` (across, down) camera images of ``image`` px cut from one
+    scene, neighbours overlapping by ``overlap`` px, the inner ones a few pixels off
+    the nominal grid; a VIMSLIDE_POSITION_BUFFER says where each was taken. Each coarser
+    level concatenates 2 × 2 images of the one below, downsampled (MIRAX's own
+    pyramid). The camera image at ``missing`` was never taken (no image at any level,
+    its position flagged off), as where a scanner skips empty glass. Macro, label and
+    thumbnail are JPEG records of the "Scan data layer". Returns the scene and a mask
+    of the pixels no camera image covers.
+    """
+    import io
+
+    from PIL import Image
+
+    across, down = images
+    step = image - overlap
+    scene = pattern(down * step + overlap, across * step + overlap)
+    jitter = {(1, 1): (3, -2), (2, 1): (-2, 3)}  # inner cameras off the grid: (dx, dy)
+    origin = {(gx, gy): (gx * step + jitter.get((gx, gy), (0, 0))[0],
+                         gy * step + jitter.get((gx, gy), (0, 0))[1])
+              for gy in range(down) for gx in range(across)}
+    uncovered = np.ones(scene.shape[:2], bool)
+    cameras = {}
+    for (gx, gy), (x0, y0) in origin.items():
+        if (gx, gy) != missing:
+            cameras[gx, gy] = scene[y0:y0 + image, x0:x0 + image]
+            uncovered[y0:y0 + image, x0:x0 + image] = False
+    folder = path.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    slide_id = "7a1d9c40-wfe-mirax-sample"
+    data = bytearray()
+    records: list[list[tuple[int, int, int]]] = []  # per level: (image index, offset, length)
+    for level in range(3):
+        concat = 2 ** level
+        entries = []
+        for gy in range(0, down, concat):
+            for gx in range(0, across, concat):
+                canvas = np.full((concat * image, concat * image, 3), 255, np.uint8)
+                for (cx, cy), cam in cameras.items():
+                    if gx <= cx < gx + concat and gy <= cy < gy + concat:
+                        oy, ox = (cy - gy) * image, (cx - gx) * image
+                        canvas[oy:oy + image, ox:ox + image] = cam
+                if level == 0 and (gx, gy) not in cameras:
+                    continue
+                tile = np.asarray(Image.fromarray(canvas).reduce(concat))
+                buf = io.BytesIO()
+                Image.fromarray(tile).save(buf, "JPEG", quality=95)
+                entries.append((gy * across + gx, len(data), buf.tell()))
+                data += buf.getvalue()
+        records.append(entries)
+    positions = bytearray()
+    for gy in range(down):
+        for gx in range(across):
+            x0, y0 = origin[gx, gy]
+            positions += struct.pack("<bii", int((gx, gy) in cameras), x0, y0)
+    nonhier = [(len(data), len(positions))]
+    data += positions
+    for size in ((300, 120), (200, 200), (160, 64)):  # macro, label, thumbnail
+        buf = io.BytesIO()
+        Image.fromarray(pattern(size[1], size[0])).save(buf, "JPEG", quality=90)
+        nonhier.append((len(data), buf.tell()))
+        data += buf.getvalue()
+    (folder / "Data0000.dat").write_bytes(bytes(data))
+    (folder / "Index.dat").write_bytes(_mirax_index(slide_id, records, nonhier))
+    levels = "\n".join(
+        f"HIER_0_VAL_{n}=ZoomLevel_{n}\nHIER_0_VAL_{n}_SECTION=LAYER_0_LEVEL_{n}_SECTION"
+        for n in range(3))
+    sections = "\n".join(
+        f"[LAYER_0_LEVEL_{n}_SECTION]\nOVERLAP_X={overlap / 2**n}\nOVERLAP_Y={overlap / 2**n}\n"
+        f"MICROMETER_PER_PIXEL_X={mpp * 2**n}\nMICROMETER_PER_PIXEL_Y={mpp * 2**n}\n"
+        f"IMAGE_FORMAT=JPEG\nIMAGE_FILL_COLOR_BGR=16777215\nDIGITIZER_WIDTH={image}\n"
+        f"DIGITIZER_HEIGHT={image}\nIMAGE_CONCAT_FACTOR={0 if n == 0 else 1}\n"
+        for n in range(3))
+    (folder / "Slidedat.ini").write_text(f"""[GENERAL]
+SLIDE_VERSION=01.03
+SLIDE_ID={slide_id}
+IMAGENUMBER_X={across}
+IMAGENUMBER_Y={down}
+OBJECTIVE_MAGNIFICATION=20
+CameraImageDivisionsPerSide=1
+
+[HIERARCHICAL]
+HIER_COUNT=1
+NONHIER_COUNT=2
+INDEXFILE=Index.dat
+HIER_0_NAME=Slide zoom level
+HIER_0_COUNT=3
+{levels}
+NONHIER_0_NAME=VIMSLIDE_POSITION_BUFFER
+NONHIER_0_COUNT=1
+NONHIER_0_VAL_0=default
+NONHIER_0_VAL_0_SECTION=NONHIER_0_VAL_0_SECTION
+NONHIER_1_NAME=Scan data layer
+NONHIER_1_COUNT=3
+NONHIER_1_VAL_0=ScanDataLayer_SlideThumbnail
+NONHIER_1_VAL_0_SECTION=NONHIER_1_VAL_0_SECTION
+NONHIER_1_VAL_1=ScanDataLayer_SlideBarcode
+NONHIER_1_VAL_1_SECTION=NONHIER_1_VAL_1_SECTION
+NONHIER_1_VAL_2=ScanDataLayer_SlidePreview
+NONHIER_1_VAL_2_SECTION=NONHIER_1_VAL_2_SECTION
+
+[NONHIER_0_VAL_0_SECTION]
+VIMSLIDE_POSITION_DATA_FORMAT_VERSION=257
+
+[NONHIER_1_VAL_0_SECTION]
+THUMBNAIL_IMAGE_TYPE=JPEG
+
+[NONHIER_1_VAL_1_SECTION]
+BARCODE_IMAGE_TYPE=JPEG
+
+[NONHIER_1_VAL_2_SECTION]
+PREVIEW_IMAGE_TYPE=JPEG
+
+[DATAFILE]
+FILE_COUNT=1
+FILE_0=Data0000.dat
+
+{sections}""")
+    path.write_text("MIRAX slide: open this file; its data are in the folder beside it.\n")
+    return scene, uncovered
+
+
+def _mirax_index(slide_id: str, levels: list[list[tuple[int, int, int]]],
+                 nonhier: list[tuple[int, int]]) -> bytes:
+    """Index.dat: version and slide id, then a pointer to the per-level pointers
+    (hierarchical records: image index, offset, length, file) and one to the
+    per-record pointers (non-hierarchical records: offset, length, file), each list
+    of records in a data page that ends the chain (next pointer 0)."""
+    head = b"01.02" + slide_id.encode()
+    out = bytearray(head + b"\0" * 8)  # the two root pointers, filled in below
+    level_table = len(out)
+    out += b"\0" * 4 * len(levels)
+    for n, entries in enumerate(levels):
+        struct.pack_into("<i", out, level_table + 4 * n, len(out))
+        out += struct.pack("<ii", 0, len(out) + 8)
+        out += struct.pack("<ii", len(entries), 0)
+        for index, offset, length in entries:
+            out += struct.pack("<iiii", index, offset, length, 0)
+    record_table = len(out)
+    out += b"\0" * 4 * len(nonhier)
+    for n, (offset, length) in enumerate(nonhier):
+        struct.pack_into("<i", out, record_table + 4 * n, len(out))
+        out += struct.pack("<ii", 0, len(out) + 8)
+        out += struct.pack("<iiii", 1, 0, 0, 0)
+        out += struct.pack("<iii", offset, length, 0)
+    struct.pack_into("<ii", out, len(head), level_table, record_table)
+    return bytes(out)

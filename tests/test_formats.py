@@ -13,6 +13,7 @@ from imagefiles import (
     write_dicom_wsi,
     write_imagej,
     write_leica_scn,
+    write_mirax,
     write_ndpi,
     write_ome_tiff,
     write_philips_tiff,
@@ -122,6 +123,34 @@ def test_ventana_bif(tmp_path, registry):
     assert raster.attrs["objective_power"] == "20"
     assert raster.attrs["associated"] == ["macro", "thumbnail"]
     assert np.abs(_rgb(raster) - base).mean() < 3
+
+
+def test_mirax_camera_images_placed_by_their_positions(tmp_path, registry):
+    path = tmp_path / "slide.mrxs"
+    scene, uncovered = write_mirax(path, images=(4, 3), image=256, overlap=16, mpp=0.25,
+                                   missing=(3, 2))
+    raster = open_image(path, registry)
+    # The .mrxs file says nothing itself: OpenSlide reads Slidedat.ini, Index.dat and
+    # the data file in the folder beside it.
+    assert raster.attrs["reader"] == "openslide" and raster.attrs["vendor"] == "mirax"
+    # 4 × 3 camera images of 256 px overlapping by 16: 976 × 736 at level 0.
+    assert [lvl.shape for lvl in raster.levels] == [(3, 736, 976), (3, 368, 488),
+                                                     (3, 184, 244)]
+    assert raster.pixel_size == pytest.approx([0.25, 0.5, 1.0])
+    assert raster.attrs["objective_power"] == "20"
+    assert raster.attrs["associated"] == ["label", "macro", "thumbnail"]
+    assert raster.attrs["associated_sizes"]["macro"] == [300, 120]
+    error = np.abs(_rgb(raster) - scene).max(axis=-1)
+    # Each camera image where the position buffer puts it (two of them a few pixels off
+    # the nominal grid: placed by the grid, that camera's pixels would be ~10 off).
+    assert error[~uncovered].mean() < 2 and error[~uncovered].max() <= 12
+    assert error[258:474, 263:479].mean() < 2  # camera (1, 1), taken at (+3, -2)
+    # The camera image never taken reads as white, at every level.
+    assert (_rgb(raster)[uncovered] == 255).all()
+    assert (_rgb(raster, 2)[uncovered[2::4, 2::4]] == 255).all()
+    half = scene.reshape(368, 2, 488, 2, 3).mean(axis=(1, 3))
+    level1 = np.abs(_rgb(raster, 1) - half).max(axis=-1)[~uncovered[::2, ::2]]
+    assert level1.mean() < 3
 
 
 def test_ome_tiff_subifd_pyramid_uint16_channels(tmp_path, registry):

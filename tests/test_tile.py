@@ -17,6 +17,7 @@ from imagefiles import (
     write_dicom_wsi,
     write_geotiff_without_crs,
     write_huge_declared,
+    write_mirax,
     write_tiled_jpeg,
 )
 from wfe.io import open_image
@@ -170,6 +171,27 @@ def test_dicom_series_with_its_original_missing_fails_alone(sample_slide, tmp_pa
     assert "no full-resolution level" in error and "a file of the series is missing" in error
     assert (out / "good" / "image.ome.zarr" / "zarr.json").exists()
     folder = out / "level-1"
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("lost", ["folder", "data file"])
+def test_mirax_without_its_data_fails_alone(sample_slide, tmp_path, lost):
+    slide = tmp_path / "scan.mrxs"
+    write_mirax(slide)
+    if lost == "folder":  # the .mrxs copied on its own, as happens
+        shutil.rmtree(tmp_path / "scan")
+    else:
+        (tmp_path / "scan" / "Data0000.dat").unlink()
+    good = tmp_path / "good.tiff"
+    shutil.copy(sample_slide, good)
+    out = tmp_path / "out"
+    result = run_cli("run", TILE, "-i", good, "-i", slide, "-o", out)
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    error = _failed(out, "scan.mrxs")
+    assert "MIRAX slide" in error and "copy the whole folder scan/" in error
+    assert (out / "good" / "image.ome.zarr" / "zarr.json").exists()
+    folder = out / "scan"
     assert not folder.exists() or not any(folder.iterdir())
 
 

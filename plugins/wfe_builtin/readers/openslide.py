@@ -53,6 +53,23 @@ def _check_dicom_series(path: Path, props: Any) -> None:
                          "copy every .dcm file of the series into the same folder")
 
 
+def _check_mirax_folder(path: Path) -> None:
+    """A MIRAX ``.mrxs`` file is only a pointer: its pixels are in the folder of the same
+    name beside it (Slidedat.ini, Index.dat, Data*.dat), often left behind in a copy."""
+    folder = path.with_suffix("")
+    todo = (f"copy the whole folder {folder.name}/ (Slidedat.ini, Index.dat, Data*.dat) "
+            f"next to {path.name}")
+    if not (folder / "Slidedat.ini").is_file():
+        raise InputError(f"{path}: MIRAX slide without its data: {folder}/Slidedat.ini "
+                         "not found", todo)
+    import openslide
+
+    try:
+        _slide(str(path))
+    except openslide.OpenSlideError as exc:
+        raise InputError(f"{path}: MIRAX slide incomplete or damaged ({exc})", todo) from exc
+
+
 class OpenSlideReader:
     """OpenSlide reader: vendor formats (and tiled TIFF that OpenSlide accepts)."""
 
@@ -61,6 +78,8 @@ class OpenSlideReader:
     def probe(self, path: Path) -> bool:
         import openslide
 
+        if path.suffix.lower() == ".mrxs":
+            _check_mirax_folder(path)
         fmt = openslide.OpenSlide.detect_format(str(path))
         if fmt is None or fmt == "generic-tiff":  # plain TIFF: the tifffile reader is more exact
             return False
