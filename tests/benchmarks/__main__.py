@@ -116,6 +116,10 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
          f"{windows / model_only:.2f} windows/s ({mpx / model_only:.2f} Mpx/s)"),
         (f"{name}: wfe run, compute phase", f"{windows / compute:.2f} windows/s"),
         (f"{name}: wfe run, whole command", f"{wall:.1f} s wall (start-up, model load, writing)"),
+        (f"{name}: each turn, model only / wfe compute" + (" / MONAI" if monai else "") + " (s)",
+         " · ".join("/".join(f"{t:.1f}" for t in turn) for turn in zip(
+             model_times, [r[0]["timings"]["compute"] for r in runs],
+             *([monai_times] if monai else []), strict=True))),
         (f"{name}: ratio end-to-end / model-only, compute phase", f"{model_only / compute:.3f}"),
         (f"{name}: ratio end-to-end / model-only, whole command", f"{model_only / wall:.3f}"),
     ]
