@@ -160,7 +160,11 @@ def main() -> None:
     from tests.benchmarks import monai_compare
     from tests.benchmarks.tiling import tiling, tiling_memory
     from tests.benchmarks.writers import writers, writers_memory
+    from wfe.heap import fix_heap_thresholds
 
+    # The model-only loop and MONAI run in this process: under the heap settings that
+    # ``wfe run`` uses, so the ratios compare engines, not allocator settings.
+    fix_heap_thresholds()
     console = Console()
     console.print(f"machine: {_machine()}")
     with tempfile.TemporaryDirectory() as tmp:
