@@ -18,7 +18,7 @@ from wfe.plugins import load_registry
 from wfe.resolution import at_resolution
 from wfe.stage import StageContext
 from wfe.workflow import load_workflow
-from wfe_builtin.models.loader import resolve_device
+from wfe_builtin.models.loader import fastest, load_model, resolve_device
 from wfe_builtin.stages.segment import SegmentParams, SegmentStage
 
 pytestmark = pytest.mark.slow
@@ -96,6 +96,32 @@ def test_channels_last_gives_the_same_result(tmp_path, registry, image):
     a = _run(tmp_path, registry, crop)["probabilities"].data.compute()
     b = _run(tmp_path, registry, crop, channels_last=True)["probabilities"].data.compute()
     assert np.abs(a - b).max() <= 1e-4
+
+
+def test_fastest_takes_turns_and_keeps_each_best_time():
+    now = [0.0]
+    costs = {"a": iter([9, 5, 3, 3]), "b": iter([1, 30, 4, 4])}  # first call untimed
+
+    def run(name):
+        def go():
+            now[0] += next(costs[name])
+        return go
+
+    # b's one slow turn (30) does not decide: best 4 against a's best 3.
+    assert fastest({n: run(n) for n in costs}, rounds=3, clock=lambda: now[0]) == "a"
+    costs = {"a": iter([1, 5, 5]), "b": iter([9, 2, 2])}
+    assert fastest({n: run(n) for n in costs}, rounds=2, clock=lambda: now[0]) == "b"
+
+
+def test_channels_last_auto_keeps_the_layout_it_timed_and_the_result(image, registry):
+    auto = load_model(MODEL, "cpu", "fp32", registry, channels_last="auto")
+    plain = load_model(MODEL, "cpu", "fp32", registry, channels_last=False)
+    conv = next(m for m in auto.net.modules() if isinstance(m, torch.nn.Conv2d))
+    # The network is in the layout the flag says (channels-last was faster, or not).
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == auto.channels_last
+    assert isinstance(auto.channels_last, bool)
+    window = image.levels[0][:, :256, :256].compute()[None]
+    assert np.abs(auto.predict(window) - plain.predict(window)).max() <= 1e-4
 
 
 def _plugin(name: str, build) -> types.ModuleType:

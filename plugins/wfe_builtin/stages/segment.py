@@ -55,8 +55,10 @@ class SegmentParams(StageParams):
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="Windows per model call; auto: as many as fit in half the free "
                             "memory of the device, at most 8 on a CPU, 32 on a GPU.")
-    channels_last: bool = Field(False, description="Channels-last memory format (measure: it "
-                                                   "helps some encoders, slows others).")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="Channels-last memory format; auto: a forward pass is timed in "
+                            "each format when the model loads and the faster is kept (it "
+                            "helps some encoders and devices, slows others).")
     compile: bool = Field(False, description="torch.compile the network (slow first batch).")
     probabilities_dtype: Literal["float32", "float16", "uint8"] = Field(
         "float32", description="Stored probabilities: float32, float16, or uint8 (× 255).")
@@ -134,6 +136,8 @@ class SegmentStage(Stage):
         batch_size = (p.batch_size if isinstance(p.batch_size, int)
                       else min(m.auto_batch_size() for m in models))
         ctx.record("batch_size", batch_size)
+        ctx.record("channels_last", [m.channels_last for m in models] if len(models) > 1
+                   else models[0].channels_last)
         k = len(card.classes)
         background = np.zeros(k, np.float32)
         background[0] = 1.0
