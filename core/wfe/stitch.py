@@ -35,6 +35,7 @@ def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple
     num = np.zeros((out_channels, h, w), np.float32)
     den = np.zeros((h, w), np.float32)
     oy, ox = origin
+    weighted = np.empty((out_channels, window, window), np.float32)  # reused: no temporaries
     for i in range(0, len(starts), batch_size):
         batch_starts = starts[i:i + batch_size]
         batch = np.stack([region[:, y - oy:y - oy + window, x - ox:x - ox + window]
@@ -45,7 +46,7 @@ def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple
                              f"{(len(batch_starts), out_channels, window, window)}")
         for (y, x), p in zip(batch_starts, preds, strict=True):
             ys, xs = slice(y - oy, y - oy + window), slice(x - ox, x - ox + window)
-            num[:, ys, xs] += p * weights
+            num[:, ys, xs] += np.multiply(p, weights, out=weighted)
             den[ys, xs] += weights
     return num, den, origin
 
@@ -106,6 +107,8 @@ def _assemble(box: Box, background: np.ndarray, dtype: Any, *parts: Part) -> np.
         num[(slice(None), *dst)] += pnum[(slice(None), *src)]
         den[dst] += pden[src]
     covered = den > 0
+    if covered.all():  # every pixel under some window (no mask): divide in place
+        return np.divide(num, den, out=num).astype(dtype, copy=False)
     out = np.empty_like(num)
     out[:] = background[:, None, None]
     np.divide(num, den, out=out, where=covered[None])

@@ -1,8 +1,9 @@
 """wfe against MONAI's ``sliding_window_inference`` with the same model and windows.
 
 MONAI gets the whole image already decoded in memory (a float tensor: how it is
-used), the same window (512), overlap (64), batch (8), Gaussian blending
-(sigma 0.125) and the same normalisation inside its predictor; its output stays
+used), the same network in the memory layout the wfe run chose, the same window
+(512), overlap (64), batch (8), Gaussian blending (sigma 0.125) and the same
+normalisation inside its predictor; its output stays
 in memory. wfe gets the slide file and writes its labels as OME-Zarr
 (``wfe run``, compute phase). Two slides:
 
@@ -95,7 +96,7 @@ def mask_on(work: Path) -> list[tuple[str, str]]:
     compute = record["timings"]["compute"]
     registry = load_registry()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
-    model = load_model(MODEL, "cpu", "auto", registry)
+    model = load_model(MODEL, "cpu", "auto", registry, channels_last=info["channels_last"])
     seconds = monai_seconds(pixels, model)
     windows = len(WindowGrid(*pixels.shape[1:], model.card.window, OVERLAP))
     del pixels

@@ -102,7 +102,7 @@ class LoadedModel:
                 total = probs if total is None else total.add_(probs)
             if len(views) > 1:
                 total.div_(len(views))
-            finite = bool(torch.isfinite(total).all())
+            finite = bool(torch.isfinite(total.sum()))  # NaN or ±inf anywhere: not finite
             out = total.cpu().numpy()
         if not finite:
             raise WfeError(f"model {self.card.name!r} produced NaN or infinite values",
