@@ -149,7 +149,8 @@ def test_each_window_runs_once_for_all_outputs(sample_slide, tmp_path, registry,
     from wfe.workflow import load_workflow
     from wfe_builtin.models import loader
 
-    loader.load_model(MODEL, "cpu", "auto", registry)  # loaded (and warmed up) beforehand
+    # Loaded (warmed up, its layout timed) beforehand, as the stage asks for it.
+    loader.load_model(MODEL, "cpu", "auto", registry, channels_last="auto")
     seen = []
     original = loader.LoadedModel.predict
 
