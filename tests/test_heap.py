@@ -29,12 +29,16 @@ print((process.memory_info().rss - base) / 2**20)
 """
 
 
+def _fresh_process(code: str, mode: str) -> str:
+    """What ``code`` prints, run with ``mode`` in a process of its own (a fresh heap)."""
+    return subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                          check=True).stdout
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 def test_freed_blocks_are_returned_once_thresholds_are_fixed():
     def retained(mode: str) -> float:
-        out = subprocess.run([sys.executable, "-c", RETAINED, mode], capture_output=True,
-                             text=True, check=True)
-        return float(out.stdout)
+        return float(_fresh_process(RETAINED, mode))
 
     # What the run does (runner.run_input fixes the thresholds before computing) ...
     assert retained("fixed") < 2
@@ -62,9 +66,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 def test_large_buffers_are_reused_once_thresholds_are_fixed():
     def page_faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", REUSED, mode], capture_output=True,
-                             text=True, check=True)
-        return int(out.stdout)
+        return int(_fresh_process(REUSED, mode))
 
     # The freed 40 MiB block is taken again from the heap, its pages already in memory ...
     assert page_faults("fixed") < 8

@@ -156,22 +156,29 @@ def test_bad_files_fail_alone_with_one_line_each(sample_slide, tmp_path):
         assert left == [], f"{name}: {left}"  # nothing half-written, nothing that looks done
 
 
+def _fails_alone(sample_slide, tmp_path, bad: Path) -> str:
+    """Tile a good slide and ``bad`` in one run: the run's error for ``bad``, after
+    checking that only it failed and that it left nothing in its output folder."""
+    good = tmp_path / "good.tiff"
+    shutil.copy(sample_slide, good)
+    out = tmp_path / "out"
+    result = run_cli("run", TILE, "-i", good, "-i", bad, "-o", out)
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    error = _failed(out, bad.name)
+    assert (out / "good" / "image.ome.zarr" / "zarr.json").exists()
+    folder = out / bad.stem
+    assert not folder.exists() or not any(folder.iterdir())
+    return error
+
+
 def test_dicom_series_with_its_original_missing_fails_alone(sample_slide, tmp_path):
     series = tmp_path / "series"
     series.mkdir()
     files, _ = write_dicom_wsi(series)
     files[0].unlink()  # the full-resolution level; OpenSlide would open the rest as a slide
-    good = tmp_path / "good.tiff"
-    shutil.copy(sample_slide, good)
-    out = tmp_path / "out"
-    result = run_cli("run", TILE, "-i", good, "-i", files[1], "-o", out)
-    assert result.code == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    error = _failed(out, "level-1.dcm")
+    error = _fails_alone(sample_slide, tmp_path, files[1])
     assert "no full-resolution level" in error and "a file of the series is missing" in error
-    assert (out / "good" / "image.ome.zarr" / "zarr.json").exists()
-    folder = out / "level-1"
-    assert not folder.exists() or not any(folder.iterdir())
 
 
 @pytest.mark.parametrize("lost", ["folder", "data file"])
@@ -182,17 +189,8 @@ def test_mirax_without_its_data_fails_alone(sample_slide, tmp_path, lost):
         shutil.rmtree(tmp_path / "scan")
     else:
         (tmp_path / "scan" / "Data0000.dat").unlink()
-    good = tmp_path / "good.tiff"
-    shutil.copy(sample_slide, good)
-    out = tmp_path / "out"
-    result = run_cli("run", TILE, "-i", good, "-i", slide, "-o", out)
-    assert result.code == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    error = _failed(out, "scan.mrxs")
+    error = _fails_alone(sample_slide, tmp_path, slide)
     assert "MIRAX slide" in error and "copy the whole folder scan/" in error
-    assert (out / "good" / "image.ome.zarr" / "zarr.json").exists()
-    folder = out / "scan"
-    assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_gsd_on_an_image_without_crs_is_one_clear_line(sample_slide, tmp_path):

@@ -53,21 +53,18 @@ def _check_dicom_series(path: Path, props: Any) -> None:
                          "copy every .dcm file of the series into the same folder")
 
 
+def _mirax_todo(path: Path) -> str:
+    return (f"copy the whole folder {path.with_suffix('').name}/ (Slidedat.ini, Index.dat, "
+            f"Data*.dat) next to {path.name}")
+
+
 def _check_mirax_folder(path: Path) -> None:
     """A MIRAX ``.mrxs`` file is only a pointer: its pixels are in the folder of the same
     name beside it (Slidedat.ini, Index.dat, Data*.dat), often left behind in a copy."""
-    folder = path.with_suffix("")
-    todo = (f"copy the whole folder {folder.name}/ (Slidedat.ini, Index.dat, Data*.dat) "
-            f"next to {path.name}")
-    if not (folder / "Slidedat.ini").is_file():
-        raise InputError(f"{path}: MIRAX slide without its data: {folder}/Slidedat.ini "
-                         "not found", todo)
-    import openslide
-
-    try:
-        _slide(str(path))
-    except openslide.OpenSlideError as exc:
-        raise InputError(f"{path}: MIRAX slide incomplete or damaged ({exc})", todo) from exc
+    slidedat = path.with_suffix("") / "Slidedat.ini"
+    if not slidedat.is_file():
+        raise InputError(f"{path}: MIRAX slide without its data: {slidedat} not found",
+                         _mirax_todo(path))
 
 
 class OpenSlideReader:
@@ -78,13 +75,20 @@ class OpenSlideReader:
     def probe(self, path: Path) -> bool:
         import openslide
 
-        if path.suffix.lower() == ".mrxs":
+        mirax = path.suffix.lower() == ".mrxs"
+        if mirax:
             _check_mirax_folder(path)
         fmt = openslide.OpenSlide.detect_format(str(path))
         if fmt is None or fmt == "generic-tiff":  # plain TIFF: the tifffile reader is more exact
             return False
-        slide = _slide(str(path))
-        slide.read_region((0, 0), slide.level_count - 1, (1, 1))
+        try:
+            slide = _slide(str(path))
+            slide.read_region((0, 0), slide.level_count - 1, (1, 1))
+        except openslide.OpenSlideError as exc:
+            if mirax:  # the format is known: say what is wrong with this slide
+                raise InputError(f"{path}: MIRAX slide incomplete or damaged ({exc})",
+                                 _mirax_todo(path)) from exc
+            raise
         return True
 
     def open(self, path: Path, mpp: float | None = None, tile: int = 512,
