@@ -136,6 +136,8 @@ class SegmentStage(Stage):
         batch_size = (p.batch_size if isinstance(p.batch_size, int)
                       else min(m.auto_batch_size() for m in models))
         ctx.record("batch_size", batch_size)
+        for model in models:
+            model.reuse_buffers(batch_size)
         ctx.record("channels_last", [m.channels_last for m in models] if len(models) > 1
                    else models[0].channels_last)
         k = len(card.classes)
