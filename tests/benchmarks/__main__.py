@@ -120,7 +120,8 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
          f"{windows / model_only:.2f} windows/s ({mpx / model_only:.2f} Mpx/s)"),
         (f"{name}: wfe run, compute phase", f"{windows / compute:.2f} windows/s"),
         (f"{name}: wfe run, whole command", f"{wall:.1f} s wall (start-up, model load, writing)"),
-        (f"{name}: each turn, model only / wfe compute" + (" / MONAI / MONAI script" if monai else "") + " (s)",
+        (f"{name}: each turn, model only / wfe compute"
+         + (" / MONAI / MONAI script" if monai else "") + " (s)",
          " · ".join("/".join(f"{t:.1f}" for t in turn) for turn in zip(
              model_times, [r[0]["timings"]["compute"] for r in runs],
              *([monai_times, script_times] if monai else []), strict=True))),
