@@ -71,11 +71,13 @@ def test_skipped_windows_get_background(image):
     assert not (out[:, :, -100:] == 7.0).any()
 
 
-def test_each_image_chunk_is_read_once_though_regions_overlap():
-    """Neighbouring output chunks need overlapping image regions; each image chunk
-    (a decoded tile, say) must still be computed once, and shared with other users
-    of the image in the same compute."""
-    import dask
+def test_reading_keeps_one_region_ahead_of_a_slow_model():
+    """While the model runs on one chunk's windows, the next chunk's region is read and
+    no more: free workers must not decode the whole image ahead of a slow model (it
+    would all wait in memory). Overlapping regions read their shared image chunks
+    again, at most once per region."""
+    import threading
+    import time
 
     from conftest import counted_chunks
 
@@ -83,10 +85,22 @@ def test_each_image_chunk_is_read_once_though_regions_overlap():
         yy, xx = np.mgrid[y0:y1, x0:x1]
         return np.stack([np.sin(yy / 9.0) + np.cos(xx / 7.0)] * (c1 - c0)).astype(np.float32)
 
-    image, computed = counted_chunks(pixels, np.float32, ((2,), (64,) * 6, (64,) * 6))
-    out = sliding_window_map(image, _toy_predict, out_channels=2, window=48, overlap=16,
-                             chunk=96)
-    thumbnail = image[:, ::8, ::8]
-    dask.compute(out, thumbnail, optimize_graph=False, scheduler="threads", num_workers=2)
-    assert len(computed) == 36
-    assert set(computed.values()) == {1}, computed
+    image, computed = counted_chunks(pixels, np.float32, ((2,), (64,) * 12, (64,) * 12))
+    read_when_called = []
+    lock = threading.Lock()
+
+    def slow_predict(batch):
+        with lock:  # one batch at a time, as the model loader does
+            read_when_called.append(len(computed))
+            time.sleep(0.02)
+            return _toy_predict(batch)
+
+    out = sliding_window_map(image, slow_predict, out_channels=2, window=48, overlap=16,
+                             chunk=96, batch_size=64)
+    out.compute(scheduler="threads", num_workers=4)
+    assert len(read_when_called) == 64  # one batch per output chunk (8 × 8)
+    # Row by row, the first four chunks' regions cover the first two rows of the image's
+    # 12 × 12 chunks; one region ahead adds a few: far from all 144.
+    assert read_when_called[3] <= 2 * 12 + 3, read_when_called
+    assert len(computed) == 144
+    assert max(computed.values()) <= 4, computed

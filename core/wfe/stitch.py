@@ -9,6 +9,13 @@ finished in that wavefront order, so what waits in memory is those strips
 (about ``overlap`` pixels wide, along the frontier), never whole
 accumulations. The result is independent of the chunk size (up to float
 rounding) and equals an in-memory sliding-window pass.
+
+Each chunk's region of the image is read by a task of its own that waits for the
+chunk two places before it (row by row) to finish: the next region is read while
+the model runs on the current one, and no further ahead. Were the image's chunks
+tasks of the graph, they would be ready from the start, and while one worker waits
+on a slow model the others would decode the whole image ahead of it and hold it in
+memory.
 """
 
 from __future__ import annotations
@@ -80,15 +87,31 @@ def _cut_own(result: tuple[np.ndarray, Part], box: Box) -> Part:
     return num[(slice(None), *src)].copy(), den[src].copy(), top_left
 
 
+class _Region:
+    """A region of the image, read when its task runs (see the module's docstring)."""
+
+    def __init__(self, array: da.Array) -> None:
+        self.array = array
+
+    def __dask_tokenize__(self) -> str:
+        return self.array.name
+
+
+
+def _read(region: _Region, *_after: Any) -> np.ndarray:
+    """The region's pixels (``_after``: the tasks this read waits for)."""
+    return np.asarray(region.array.compute(scheduler="synchronous"))
+
+
 def _finish(box: Box, background: np.ndarray, dtype: Any,
-            region: list[Any] | None, starts: list[tuple[int, int]], origin: tuple[int, int],
+            region: np.ndarray | None, starts: list[tuple[int, int]], origin: tuple[int, int],
             predict: Predict, window: int, weights: np.ndarray, out_channels: int,
             batch_size: int, *incoming: Part) -> tuple[np.ndarray, Part | None]:
     """Predict a chunk's own windows, add the strips spilled into it, and blend;
-    ``region`` is the image under those windows, as nested lists of its chunks."""
+    ``region`` is the image under those windows."""
     own = None
     if starts:
-        own = _accumulate(np.block(region), starts, origin, predict, window, weights,
+        own = _accumulate(region, starts, origin, predict, window, weights,
                           out_channels, batch_size)
     parts = [*incoming, *([own] if own is not None else [])]
     return _assemble(box, background, dtype, *parts), own
@@ -156,6 +179,7 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
     # wait in memory, never whole accumulations.
     regions: dict[tuple[int, int], tuple[int, int, int, int]] = {}
     finished: dict[tuple[int, int], Any] = {}
+    order: list[Any] = []  # the chunks' tasks, row by row
     rows = []
     for i in range(len(y_edges) - 1):
         row = []
@@ -178,16 +202,15 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
                 ry1 = max(y for y, _ in starts) + window
                 rx1 = max(x for _, x in starts) + window
                 regions[(i, j)] = (ry0, ry1, rx0, rx1)
-                # The region's chunks as Delayed objects sharing the image's keys (see
-                # ``wfe.sink.chunks_of``): given as an array, each region would be
-                # optimised on its own and the image chunks it shares with its
-                # neighbours (and with other stages) computed again.
-                region = image[:, ry0:ry1, rx0:rx1].to_delayed(optimize_graph=False).tolist()
+                # Read once the chunk two places before this one has finished.
+                region = dask.delayed(_read, pure=True)(_Region(image[:, ry0:ry1, rx0:rx1]),
+                                                        *order[-2:-1])
                 origin = (ry0, rx0)
             task = dask.delayed(_finish, pure=True, nout=2)(
                 box, background, dtype, region, starts, origin, predict, window, weights,
                 out_channels, batch_size, *incoming)
             finished[(i, j)] = task
+            order.append(task)
             row.append(da.from_delayed(task[0], shape=shape, dtype=dtype))
         rows.append(row)
     return da.block(rows)

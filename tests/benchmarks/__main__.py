@@ -3,6 +3,9 @@
 Tiling: a 40,000² JPEG slide to OME-Zarr against only decoding its tiles, and
 peak RSS of tiling at 1×, 4×, 16× the area (tests/benchmarks/tiling.py).
 
+Memory: peak RSS of read → mask → segment → write at 1×, 4×, 16× the area with a
+one-layer stand-in network (the engine), and at 1× and 4× with the demo model.
+
 Writers: a lazily generated 40,000² label image with ~100,000 objects written to
 each format (time, peak RSS), GeoJSON against reading a same-size source, and
 peak RSS per format at 1×, 4×, 16× the area (tests/benchmarks/writers.py).
@@ -162,6 +165,26 @@ def memory(work: Path) -> list[tuple[str, str]]:
             for (f, mib), side in zip(peaks.items(), (3072, 6144, 12288), strict=True)]
 
 
+def model_memory(work: Path, workflow: Path) -> list[tuple[str, str]]:
+    """Peak RSS of ``wfe run`` with the demo model (mask off) at 1× and 4× the area: with
+    a real model's pace, reading must not run ahead of it (the stand-in above is fast)."""
+    from tests.memory_probe import peak_rss_kib
+
+    peaks = {}
+    for side in (8192, 16384):
+        slide = work / f"memory-{side}.tiff"
+        subprocess.run([sys.executable, "-m", "wfe", "sample", str(slide), "--width", str(side),
+                        "--height", str(side), "--seed", "5"], check=True, capture_output=True)
+        peaks[side] = peak_rss_kib([sys.executable, "-m", "wfe", "run", str(workflow), "-i",
+                                    str(slide), "-o", str(work / f"memory-out-{side}")]) / 1024
+        slide.unlink()
+    small, large = peaks.values()
+    return [("peak RSS with the demo model, mask off: 8192² slide (4096² at 1 µm, 81 windows)",
+             f"{small:.0f} MiB"),
+            ("peak RSS with the demo model, mask off: 16384² slide (4×, 361 windows)",
+             f"{large:.0f} MiB ({large / small - 1:+.1%})")]
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -184,6 +207,7 @@ def main() -> None:
         rows += throughput(work, "large", (8192, 8192), 5, no_mask, monai=True)
         rows += monai_compare.mask_on(work)
         rows += memory(work)
+        rows += model_memory(work, no_mask)
         rows += tiling(work)
         rows += tiling_memory(work)
         rows += writers(work)
