@@ -18,8 +18,9 @@ thresholds are raised to fit its pass (:func:`reuse_blocks_up_to`, which the mod
 loader calls with the sizes it measured), and every thread allocates from one arena
 (:func:`fix_heap_thresholds`): a thread's own arena grows in heaps of at most
 64 MiB, so any larger block a dask worker asked for was mapped afresh whatever the
-threshold. ``wfe run`` of the demo U-Net over a 4096² image: 2.0 million page faults
-and 5.2 s of system time before, 0.4 million and 1.5 s after.
+threshold. ``wfe run`` of the demo U-Net over a 4096² image (whole process): 2.0-2.2
+million page faults and 5.2-5.9 s of system time before, 0.43-0.55 million and
+1.5-1.8 s after.
 """
 
 from __future__ import annotations
