@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+GLIBC_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="glibc's allocator only")
+
 RETAINED = """
 import sys
 import numpy as np
@@ -35,7 +38,7 @@ def _fresh_process(code: str, *args: str) -> str:
                           check=True).stdout
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+@GLIBC_ONLY
 def test_freed_blocks_are_returned_once_thresholds_are_fixed():
     def retained(mode: str) -> float:
         return float(_fresh_process(RETAINED, mode))
@@ -63,7 +66,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+@GLIBC_ONLY
 def test_large_buffers_are_reused_once_thresholds_are_fixed():
     def page_faults(mode: str) -> int:
         return int(_fresh_process(REUSED, mode))
@@ -108,7 +111,7 @@ print(in_thread(faults_of_reallocating))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+@GLIBC_ONLY
 def test_worker_threads_reuse_blocks_above_the_threshold_once_raised():
     def page_faults(mode: str) -> int:
         return int(_fresh_process(THREADS, mode))
@@ -144,7 +147,7 @@ print(model.largest_buffer, resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+@GLIBC_ONLY
 def test_a_cpu_model_reuses_its_forward_buffers():
     from conftest import MODEL
 

@@ -97,7 +97,6 @@ class _Region:
         return self.array.name
 
 
-
 def _read(region: _Region, *_after: Any) -> np.ndarray:
     """The region's pixels (``_after``: the tasks this read waits for)."""
     return np.asarray(region.array.compute(scheduler="synchronous"))
