@@ -104,3 +104,39 @@ def test_reading_keeps_one_region_ahead_of_a_slow_model():
     assert read_when_called[3] <= 2 * 12 + 3, read_when_called
     assert len(computed) == 144
     assert max(computed.values()) <= 4, computed
+
+
+def test_finished_chunks_are_written_before_more_are_made():
+    """A fast model must not run ahead of what consumes its output (a writer): finished
+    chunks waiting to be written would pile up in memory, a whole row and more of
+    them on a wide image."""
+    import threading
+    import time
+
+    image = da.from_array(np.random.default_rng(3).integers(0, 255, (2, 640, 1280), np.uint8),
+                          chunks=(2, 64, 64))
+    lock = threading.Lock()
+    made, written, waiting = [0], [0], []
+
+    def fast_predict(batch):
+        with lock:
+            made[0] += 1
+            waiting.append(made[0] - written[0])
+        return _toy_predict(batch)
+
+    def write(block):
+        time.sleep(0.01)  # the writer is the slower side
+        with lock:
+            written[0] += 1
+        return block[:1, :1, :1]
+
+    out = sliding_window_map(image, fast_predict, out_channels=2, window=48, overlap=16,
+                             chunk=32, batch_size=64)
+    assert out.numblocks[1:] == (20, 40)
+    out.map_blocks(write, chunks=(1, 1, 1)).compute(scheduler="threads", num_workers=2)
+    assert made[0] > 700  # about one batch per output chunk
+    # Made and not yet written: a handful at most, not a growing part of a row (made
+    # first and written later, as dask orders it when reading is chained to the chunks
+    # before: 95th percentile 18 and at most 23 here, 9 and 13 on an image half as wide).
+    typical, most = sorted(waiting)[int(0.95 * len(waiting))], max(waiting)
+    assert typical <= 5 and most <= 14, (typical, most)

@@ -10,16 +10,22 @@ finished in that wavefront order, so what waits in memory is those strips
 accumulations. The result is independent of the chunk size (up to float
 rounding) and equals an in-memory sliding-window pass.
 
-Each chunk's region of the image is read by a task of its own that waits for the
-chunk two places before it (row by row) to finish: the next region is read while
-the model runs on the current one, and no further ahead. Were the image's chunks
-tasks of the graph, they would be ready from the start, and while one worker waits
-on a slow model the others would decode the whole image ahead of it and hold it in
-memory.
+Each chunk's region of the image is read by a task of its own, a root of the
+graph. Dask's threaded scheduler runs the most recently readied task first and
+takes a root only when nothing else is ready, so with a fast model the finished
+chunks are written before the next region is read (nothing piles up waiting for
+the writers). With a slow model, though, free workers would take root after root
+and decode the whole image ahead of it; so a read waits, while a chunk of the same
+pass is being computed, until fewer than one region read earlier is still waiting
+for its chunk (:class:`_ReadGate`): the next region is read while the model runs
+on the current one, and no further ahead. It waits only on a running task, which
+always ends, so it never deadlocks, whatever the number of workers.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -97,21 +103,64 @@ class _Region:
         return self.array.name
 
 
-def _read(region: _Region, *_after: Any) -> np.ndarray:
-    """The region's pixels (``_after``: the tasks this read waits for)."""
-    return np.asarray(region.array.compute(scheduler="synchronous"))
+class _ReadGate:
+    """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks."""
+
+    def __init__(self, ahead: int = 1) -> None:
+        self._ahead = ahead
+        self._waiting = 0  # regions read whose chunk's task has not yet taken them
+        self._running = 0  # chunks' tasks under way
+        self._changed = threading.Condition()
+        self._token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self._token
+
+    def read(self, region: _Region) -> np.ndarray:
+        """Read ``region``, first waiting (only while a chunk's task runs) for its turn."""
+        with self._changed:
+            while self._waiting >= self._ahead and self._running:
+                self._changed.wait()
+            self._waiting += 1
+        try:
+            return np.asarray(region.array.compute(scheduler="synchronous"))
+        except BaseException:
+            self.taken()
+            raise
+
+    def taken(self) -> None:
+        """A chunk's task has taken its region."""
+        with self._changed:
+            self._waiting -= 1
+            self._changed.notify_all()
+
+    def running(self, delta: int) -> None:
+        """A chunk's task starts (``+1``) or ends (``-1``)."""
+        with self._changed:
+            self._running += delta
+            self._changed.notify_all()
+
+
+def _read(gate: _ReadGate, region: _Region) -> np.ndarray:
+    """The region's pixels, read when ``gate`` lets it."""
+    return gate.read(region)
 
 
 def _finish(box: Box, background: np.ndarray, dtype: Any,
-            region: np.ndarray | None, starts: list[tuple[int, int]], origin: tuple[int, int],
-            predict: Predict, window: int, weights: np.ndarray, out_channels: int,
+            gate: _ReadGate, region: np.ndarray | None, starts: list[tuple[int, int]],
+            origin: tuple[int, int], predict: Predict, window: int, weights: np.ndarray, out_channels: int,
             batch_size: int, *incoming: Part) -> tuple[np.ndarray, Part | None]:
     """Predict a chunk's own windows, add the strips spilled into it, and blend;
     ``region`` is the image under those windows."""
     own = None
     if starts:
-        own = _accumulate(region, starts, origin, predict, window, weights,
-                          out_channels, batch_size)
+        gate.running(+1)
+        gate.taken()
+        try:
+            own = _accumulate(region, starts, origin, predict, window, weights,
+                              out_channels, batch_size)
+        finally:
+            gate.running(-1)
     parts = [*incoming, *([own] if own is not None else [])]
     return _assemble(box, background, dtype, *parts), own
 
@@ -178,7 +227,7 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
     # wait in memory, never whole accumulations.
     regions: dict[tuple[int, int], tuple[int, int, int, int]] = {}
     finished: dict[tuple[int, int], Any] = {}
-    order: list[Any] = []  # the chunks' tasks, row by row
+    gate = _ReadGate()
     rows = []
     for i in range(len(y_edges) - 1):
         row = []
@@ -201,15 +250,12 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
                 ry1 = max(y for y, _ in starts) + window
                 rx1 = max(x for _, x in starts) + window
                 regions[(i, j)] = (ry0, ry1, rx0, rx1)
-                # Read once the chunk two places before this one has finished.
-                region = dask.delayed(_read, pure=True)(_Region(image[:, ry0:ry1, rx0:rx1]),
-                                                        *order[-2:-1])
+                region = dask.delayed(_read, pure=True)(gate, _Region(image[:, ry0:ry1, rx0:rx1]))
                 origin = (ry0, rx0)
             task = dask.delayed(_finish, pure=True, nout=2)(
-                box, background, dtype, region, starts, origin, predict, window, weights,
+                box, background, dtype, gate, region, starts, origin, predict, window, weights,
                 out_channels, batch_size, *incoming)
             finished[(i, j)] = task
-            order.append(task)
             row.append(da.from_delayed(task[0], shape=shape, dtype=dtype))
         rows.append(row)
     return da.block(rows)
