@@ -16,9 +16,9 @@ takes a root only when nothing else is ready, so with a fast model the finished
 chunks are written before the next region is read (nothing piles up waiting for
 the writers). With a slow model, though, free workers would take root after root
 and decode the whole image ahead of it; so a read waits, while a chunk of the same
-pass is being computed, until fewer than one region read earlier is still waiting
-for its chunk (:class:`_ReadGate`): the next region is read while the model runs
-on the current one, and no further ahead. It waits only on a running task, which
+pass is being computed, until no region read earlier is still waiting for its
+chunk (:class:`_ReadGate`): the next region is read while the model runs on the
+current one, and no further ahead. It waits only on a running task, which
 always ends, so it never deadlocks, whatever the number of workers.
 """
 
@@ -151,7 +151,8 @@ def _finish(box: Box, background: np.ndarray, dtype: Any,
             origin: tuple[int, int], predict: Predict, window: int, weights: np.ndarray, out_channels: int,
             batch_size: int, *incoming: Part) -> tuple[np.ndarray, Part | None]:
     """Predict a chunk's own windows, add the strips spilled into it, and blend;
-    ``region`` is the image under those windows."""
+    ``region`` is the image under those windows, and ``gate`` is told when the chunk
+    takes it and while the chunk runs."""
     own = None
     if starts:
         gate.running(+1)
