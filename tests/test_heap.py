@@ -40,13 +40,10 @@ def _fresh_process(code: str, *args: str) -> str:
 
 @GLIBC_ONLY
 def test_freed_blocks_are_returned_once_thresholds_are_fixed():
-    def retained(mode: str) -> float:
-        return float(_fresh_process(RETAINED, mode))
-
     # What the run does (runner.run_input fixes the thresholds before computing) ...
-    assert retained("fixed") < 2
+    assert float(_fresh_process(RETAINED, "fixed")) < 2
     # ... against glibc's default, which keeps a block's worth after it is freed.
-    assert retained("default") > 8
+    assert float(_fresh_process(RETAINED, "default")) > 8
 
 
 REUSED = """
@@ -68,13 +65,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @GLIBC_ONLY
 def test_large_buffers_are_reused_once_thresholds_are_fixed():
-    def page_faults(mode: str) -> int:
-        return int(_fresh_process(REUSED, mode))
-
     # The freed 40 MiB block is taken again from the heap, its pages already in memory ...
-    assert page_faults("fixed") < 8
+    assert int(_fresh_process(REUSED, "fixed")) < 8
     # ... where glibc's default maps a block that large anew (page-faulted, zeroed).
-    assert page_faults("default") > 8
+    assert int(_fresh_process(REUSED, "default")) > 8
 
 
 THREADS = """
@@ -113,16 +107,13 @@ print(in_thread(faults_of_reallocating))
 
 @GLIBC_ONLY
 def test_worker_threads_reuse_blocks_above_the_threshold_once_raised():
-    def page_faults(mode: str) -> int:
-        return int(_fresh_process(THREADS, mode))
-
     # What a run with a CPU model does: one arena, thresholds raised to the pass's blocks.
-    assert page_faults("raised") < 8
+    assert int(_fresh_process(THREADS, "raised")) < 8
     # Not raised: a 150 MiB block is mapped anew (~38,000 pages faulted in and zeroed) ...
-    assert page_faults("not raised") > 10_000
+    assert int(_fresh_process(THREADS, "not raised")) > 10_000
     # ... and so it is in a thread's own arena, whatever the threshold: the arena
     # setting must come before any thread allocates.
-    assert page_faults("thread first") > 10_000
+    assert int(_fresh_process(THREADS, "thread first")) > 10_000
 
 
 MODEL_FAULTS = """

@@ -125,19 +125,21 @@ class _ReadGate:
         try:
             return np.asarray(region.array.compute(scheduler="synchronous"))
         except BaseException:
-            self.taken()
+            self._update(waiting=-1)
             raise
 
-    def taken(self) -> None:
-        """A chunk's task has taken its region."""
-        with self._changed:
-            self._waiting -= 1
-            self._changed.notify_all()
+    def started(self) -> None:
+        """A chunk's task has taken its region and runs."""
+        self._update(waiting=-1, running=+1)
 
-    def running(self, delta: int) -> None:
-        """A chunk's task starts (``+1``) or ends (``-1``)."""
+    def ended(self) -> None:
+        """A chunk's task has ended."""
+        self._update(running=-1)
+
+    def _update(self, waiting: int = 0, running: int = 0) -> None:
         with self._changed:
-            self._running += delta
+            self._waiting += waiting
+            self._running += running
             self._changed.notify_all()
 
 
@@ -155,13 +157,12 @@ def _finish(box: Box, background: np.ndarray, dtype: Any,
     takes it and while the chunk runs."""
     own = None
     if starts:
-        gate.running(+1)
-        gate.taken()
+        gate.started()
         try:
             own = _accumulate(region, starts, origin, predict, window, weights,
                               out_channels, batch_size)
         finally:
-            gate.running(-1)
+            gate.ended()
     parts = [*incoming, *([own] if own is not None else [])]
     return _assemble(box, background, dtype, *parts), own
 
