@@ -11,8 +11,9 @@ every output pixel gets the same contributions whatever the chunking.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -28,9 +29,7 @@ def window_starts(size: int, window: int, overlap: int) -> list[int]:
     if not 0 <= overlap < window:
         raise ValueError(f"overlap must be in [0, window); got {overlap} for window {window}")
     stride = window if window == size else window - overlap
-    count = 1
-    while (count - 1) * stride + window < size:
-        count += 1
+    count = 1 + -(-(size - window) // stride)  # fewest windows whose last one reaches the edge
     return [min(i * stride, size - window) for i in range(count)]
 
 
@@ -77,11 +76,11 @@ class WindowGrid:
     window: int
     overlap: int
 
-    @property
+    @cached_property
     def ys(self) -> list[int]:
         return window_starts(self.height, self.window, self.overlap)
 
-    @property
+    @cached_property
     def xs(self) -> list[int]:
         return window_starts(self.width, self.window, self.overlap)
 
@@ -90,4 +89,6 @@ class WindowGrid:
 
     def owned_by(self, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int]]:
         """Windows whose start lies in ``[y0, y1) × [x0, x1)``: each window has one owner chunk."""
-        return [(y, x) for y in self.ys if y0 <= y < y1 for x in self.xs if x0 <= x < x1]
+        ys = self.ys[bisect_left(self.ys, y0):bisect_left(self.ys, y1)]
+        xs = self.xs[bisect_left(self.xs, x0):bisect_left(self.xs, x1)]
+        return [(y, x) for y in ys for x in xs]

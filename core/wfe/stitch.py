@@ -27,11 +27,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from operator import getitem
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
+from dask.highlevelgraph import HighLevelGraph
 
 from wfe.grid import WindowGrid, blend_weights
 
@@ -93,16 +96,6 @@ def _cut_own(result: tuple[np.ndarray, Part], box: Box) -> Part:
     return num[(slice(None), *src)].copy(), den[src].copy(), top_left
 
 
-class _Region:
-    """A region of the image, read when its task runs (see the module's docstring)."""
-
-    def __init__(self, array: da.Array) -> None:
-        self.array = array
-
-    def __dask_tokenize__(self) -> str:
-        return self.array.name
-
-
 class _ReadGate:
     """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks."""
 
@@ -111,19 +104,19 @@ class _ReadGate:
         self._waiting = 0  # regions read whose chunk's task has not yet taken them
         self._running = 0  # chunks' tasks under way
         self._changed = threading.Condition()
-        self._token = uuid.uuid4().hex
+        self.token = uuid.uuid4().hex  # names the pass's tasks: each call is a new pass
 
-    def __dask_tokenize__(self) -> str:
-        return self._token
+    def read(self, image: da.Array, region: tuple[slice, ...]) -> np.ndarray:
+        """Read ``image[region]``, first waiting (only while a chunk's task runs) for its turn.
 
-    def read(self, region: _Region) -> np.ndarray:
-        """Read ``region``, first waiting (only while a chunk's task runs) for its turn."""
+        The region is sliced here, not when the graph is built: slicing a dask array
+        costs time in proportion to its chunk count, once per output chunk."""
         with self._changed:
             while self._waiting >= self._ahead and self._running:
                 self._changed.wait()
             self._waiting += 1
         try:
-            return np.asarray(region.array.compute(scheduler="synchronous"))
+            return np.asarray(image[region].compute(scheduler="synchronous"))
         except BaseException:
             self._update(waiting=-1)
             raise
@@ -143,28 +136,40 @@ class _ReadGate:
             self._changed.notify_all()
 
 
-def _read(gate: _ReadGate, region: _Region) -> np.ndarray:
-    """The region's pixels, read when ``gate`` lets it."""
-    return gate.read(region)
+@dataclass(frozen=True)
+class _Pass:
+    """What every chunk of one sliding-window pass shares."""
+
+    predict: Predict
+    window: int
+    weights: np.ndarray
+    out_channels: int
+    batch_size: int
+    background: np.ndarray
+    dtype: Any
+    gate: _ReadGate
 
 
-def _finish(box: Box, background: np.ndarray, dtype: Any,
-            gate: _ReadGate, region: np.ndarray | None, starts: list[tuple[int, int]],
-            origin: tuple[int, int], predict: Predict, window: int, weights: np.ndarray, out_channels: int,
-            batch_size: int, *incoming: Part) -> tuple[np.ndarray, Part | None]:
+def _finish(run: _Pass, box: Box, starts: list[tuple[int, int]], origin: tuple[int, int],
+            region: np.ndarray | None, *incoming: Part) -> tuple[np.ndarray, Part | None]:
     """Predict a chunk's own windows, add the strips spilled into it, and blend;
-    ``region`` is the image under those windows, and ``gate`` is told when the chunk
-    takes it and while the chunk runs."""
+    ``region`` is the image under those windows (read at ``origin``), and the pass's
+    gate is told when the chunk takes it and while the chunk runs."""
     own = None
     if starts:
-        gate.started()
+        run.gate.started()
         try:
-            own = _accumulate(region, starts, origin, predict, window, weights,
-                              out_channels, batch_size)
+            own = _accumulate(region, starts, origin, run.predict, run.window, run.weights,
+                              run.out_channels, run.batch_size)
         finally:
-            gate.ended()
+            run.gate.ended()
     parts = [*incoming, *([own] if own is not None else [])]
-    return _assemble(box, background, dtype, *parts), own
+    return _assemble(box, run.background, run.dtype, *parts), own
+
+
+def _filled(background: np.ndarray, dtype: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """A chunk no window reaches: the background class everywhere (a read-only view)."""
+    return np.broadcast_to(background.astype(dtype)[:, None, None], shape)
 
 
 def _assemble(box: Box, background: np.ndarray, dtype: Any, *parts: Part) -> np.ndarray:
@@ -227,23 +232,32 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
     # own windows and returns its finished pixels plus its own accumulation, from
     # which the strips for the chunks to its right and below are cut. Only strips
     # wait in memory, never whole accumulations.
-    regions: dict[tuple[int, int], tuple[int, int, int, int]] = {}
-    finished: dict[tuple[int, int], Any] = {}
+    # The graph is written as one layer of plain tasks: building it takes time in
+    # proportion to the number of chunks (one dask.delayed call per task merges
+    # the graphs of its dependencies, which grows with the square).
     gate = _ReadGate()
-    rows = []
+    run = _Pass(predict, window, weights, out_channels, batch_size, background, dtype, gate)
+    name = f"sliding-window-{gate.token}"
+    read, finish, cut = f"{name}-read", f"{name}-finish", f"{name}-cut"
+    regions: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    reach = -(-window // block)  # how many chunks away a chunk's windows can end
+    layer: dict[Any, Any] = {}
     for i in range(len(y_edges) - 1):
-        row = []
         for j in range(len(x_edges) - 1):
             box = (y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
             starts = grid.owned_by(*box)
             if keep is not None:
                 starts = [s for s in starts if keep(*s)]
-            incoming = [dask.delayed(_cut_own, pure=True)(finished[key], box)
-                        for key, (ry0, ry1, rx0, rx1) in regions.items()
-                        if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1]
+            incoming = []
+            for k in range(max(i - reach, 0), i + 1):
+                for m in range(max(j - reach, 0), j + 1):
+                    ry0, ry1, rx0, rx1 = regions.get((k, m), (0, 0, 0, 0))
+                    if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1:
+                        layer[(cut, i, j, k, m)] = (partial(_cut_own, box=box), (finish, k, m))
+                        incoming.append((cut, i, j, k, m))
             shape = (out_channels, box[1] - box[0], box[3] - box[2])
             if not starts and not incoming:
-                row.append(da.broadcast_to(background.astype(dtype)[:, None, None], shape))
+                layer[(name, 0, i, j)] = (partial(_filled, background, dtype, shape),)
                 continue
             region = None
             origin = (box[0], box[2])
@@ -252,12 +266,12 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
                 ry1 = max(y for y, _ in starts) + window
                 rx1 = max(x for _, x in starts) + window
                 regions[(i, j)] = (ry0, ry1, rx0, rx1)
-                region = dask.delayed(_read, pure=True)(gate, _Region(image[:, ry0:ry1, rx0:rx1]))
+                index = (slice(None), slice(ry0, ry1), slice(rx0, rx1))
+                layer[(read, i, j)] = (partial(gate.read, image, index),)
+                region = (read, i, j)
                 origin = (ry0, rx0)
-            task = dask.delayed(_finish, pure=True, nout=2)(
-                box, background, dtype, gate, region, starts, origin, predict, window, weights,
-                out_channels, batch_size, *incoming)
-            finished[(i, j)] = task
-            row.append(da.from_delayed(task[0], shape=shape, dtype=dtype))
-        rows.append(row)
-    return da.block(rows)
+            layer[(finish, i, j)] = (partial(_finish, run, box, starts, origin), region, *incoming)
+            layer[(name, 0, i, j)] = (getitem, (finish, i, j), 0)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    chunks = ((out_channels,), tuple(np.diff(y_edges)), tuple(np.diff(x_edges)))
+    return da.Array(graph, name, chunks=chunks, dtype=dtype)
