@@ -161,3 +161,37 @@ def test_building_the_graph_grows_with_the_chunk_count_not_its_square():
 
     small, large = seconds_per_chunk(10), seconds_per_chunk(40)
     assert large < 3 * small, f"{large / small:.1f}× the time per chunk at 16× the chunks"
+
+
+def test_next_batch_is_prepared_while_the_model_runs():
+    """Within a chunk, the next batch is cut out and handed to ``predict`` (which
+    normalises it outside its model's lock) while the model runs on the current one,
+    and the result is the same as one batch after the other."""
+    import threading
+    import time
+
+    image = np.random.default_rng(4).integers(0, 255, (3, 300, 300), np.uint8)
+    model_lock, log_lock = threading.Lock(), threading.Lock()
+    calls, inside = [], [0]
+
+    def predict(batch):
+        with log_lock:
+            calls.append(inside[0])  # how many calls were inside when this one began
+            inside[0] += 1
+        try:
+            with model_lock:  # one batch at a time, as a loaded model runs
+                time.sleep(0.02)
+                return _toy_predict(batch)
+        finally:
+            with log_lock:
+                inside[0] -= 1
+
+    kwargs = dict(out_channels=2, window=64, overlap=16, chunk=4096, batch_size=4)
+    out = sliding_window_map(da.from_array(image, chunks=(3, 300, 300)), predict, **kwargs)
+    assert out.numblocks == (1, 1, 1)  # one chunk: any overlap is within it
+    result = out.compute(scheduler="synchronous")
+    assert len(calls) == 9  # 36 windows in batches of 4
+    assert max(calls) >= 1, calls  # a batch was handed over while another ran
+    one_by_one = sliding_window_map(da.from_array(image, chunks=(3, 300, 300)),
+                                    _toy_predict, **{**kwargs, "batch_size": 36})
+    np.testing.assert_array_equal(result, one_by_one.compute(scheduler="synchronous"))

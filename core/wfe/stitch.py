@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from operator import getitem
@@ -46,24 +48,51 @@ Predict = Callable[[np.ndarray], np.ndarray]
 def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple[int, int],
                 predict: Predict, window: int, weights: np.ndarray, out_channels: int,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Predict the windows in ``region`` and return (Σ p·w, Σ w, origin)."""
+    """Predict the windows in ``region`` and return (Σ p·w, Σ w, origin).
+
+    Two batches are in flight: while the model runs on one, the next is cut out and
+    prepared (``predict`` normalises outside its model's lock), and the one before is
+    added in, in order (so the sums are the same as one batch after the other).
+    """
     h, w = region.shape[1:]
     num = np.zeros((out_channels, h, w), np.float32)
     den = np.zeros((h, w), np.float32)
     oy, ox = origin
     weighted = np.empty((out_channels, window, window), np.float32)  # reused: no temporaries
-    for i in range(0, len(starts), batch_size):
-        batch_starts = starts[i:i + batch_size]
+
+    def run(batch_starts: list[tuple[int, int]]) -> np.ndarray:
         batch = np.stack([region[:, y - oy:y - oy + window, x - ox:x - ox + window]
                           for y, x in batch_starts])
         preds = np.asarray(predict(batch), dtype=np.float32)
         if preds.shape != (len(batch_starts), out_channels, window, window):
             raise ValueError(f"predict returned shape {preds.shape}, expected "
                              f"{(len(batch_starts), out_channels, window, window)}")
+        return preds
+
+    def add(batch_starts: list[tuple[int, int]], preds: np.ndarray) -> None:
         for (y, x), p in zip(batch_starts, preds, strict=True):
             ys, xs = slice(y - oy, y - oy + window), slice(x - ox, x - ox + window)
             num[:, ys, xs] += np.multiply(p, weights, out=weighted)
             den[ys, xs] += weights
+
+    batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+    if len(batches) == 1:
+        add(batches[0], run(batches[0]))
+        return num, den, origin
+    with ThreadPoolExecutor(2, thread_name_prefix="wfe-batch") as pool:
+        pending: deque[tuple[list[tuple[int, int]], Future[np.ndarray]]] = deque()
+        try:
+            for batch_starts in batches:
+                pending.append((batch_starts, pool.submit(run, batch_starts)))
+                if len(pending) == 2:
+                    done, preds = pending.popleft()
+                    add(done, preds.result())
+            while pending:
+                done, preds = pending.popleft()
+                add(done, preds.result())
+        finally:
+            for _, future in pending:
+                future.cancel()
     return num, den, origin
 
 
