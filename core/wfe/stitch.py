@@ -302,5 +302,6 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
             layer[(finish, i, j)] = (partial(_finish, run, box, starts, origin), region, *incoming)
             layer[(name, 0, i, j)] = (getitem, (finish, i, j), 0)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    chunks = ((out_channels,), tuple(np.diff(y_edges)), tuple(np.diff(x_edges)))
+    chunks = ((out_channels,), tuple(b - a for a, b in zip(y_edges, y_edges[1:], strict=False)),
+              tuple(b - a for a, b in zip(x_edges, x_edges[1:], strict=False)))
     return da.Array(graph, name, chunks=chunks, dtype=dtype)
