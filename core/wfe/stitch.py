@@ -280,7 +280,9 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
             incoming = []
             for k in range(max(i - reach, 0), i + 1):
                 for m in range(max(j - reach, 0), j + 1):
-                    ry0, ry1, rx0, rx1 = regions.get((k, m), (0, 0, 0, 0))
+                    if (k, m) not in regions:
+                        continue
+                    ry0, ry1, rx0, rx1 = regions[(k, m)]
                     if ry0 < box[1] and box[0] < ry1 and rx0 < box[3] and box[2] < rx1:
                         layer[(cut, i, j, k, m)] = (partial(_cut_own, box=box), (finish, k, m))
                         incoming.append((cut, i, j, k, m))
@@ -302,6 +304,5 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
             layer[(finish, i, j)] = (partial(_finish, run, box, starts, origin), region, *incoming)
             layer[(name, 0, i, j)] = (getitem, (finish, i, j), 0)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    chunks = ((out_channels,), tuple(b - a for a, b in zip(y_edges, y_edges[1:], strict=False)),
-              tuple(b - a for a, b in zip(x_edges, x_edges[1:], strict=False)))
+    chunks = ((out_channels,), tuple(np.diff(y_edges).tolist()), tuple(np.diff(x_edges).tolist()))
     return da.Array(graph, name, chunks=chunks, dtype=dtype)
