@@ -269,5 +269,5 @@ def test_batch_size_auto_fits_the_free_memory(tmp_path, registry, image, demo_mo
     capped = _run(tmp_path, registry, crop, overlap=32)["probabilities"].data
     sizes.clear()
     capped = capped.compute(scheduler="synchronous")
-    assert max(sizes) == loader.BATCH_CAP["cpu"] == 8
+    assert max(sizes) == loader.BATCH_CAP["cpu"] == 4
     np.testing.assert_allclose(capped, auto, atol=1e-5)

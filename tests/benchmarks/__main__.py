@@ -93,22 +93,27 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
     else:
         grid = WindowGrid(h, w, 512, 64)
         kept = [(y, x) for y in grid.ys for x in grid.xs]
-    # Model only: the same windows, from the same image, already decoded in memory.
     pixels = image.levels[0].compute()
-    batches = [np.stack([pixels[:, y:y + 512, x:x + 512] for y, x in kept[i:i + 8]])
-               for i in range(0, len(kept), 8)]
     runs, model_times, monai_times, script_times, again = [], [], [], [], []
     for n in range(3):
         runs.append(wfe_run(slide, workflow, work / f"results-{name}-{n}"))
         if n == 0:
-            # The memory layout the run timed and chose, for the model alone and MONAI too.
+            # The memory layout and batch size the run chose, for the model alone and
+            # MONAI too.
+            seg = runs[0][0]["info"]["seg"]
             model = load_model(ROOT / "workflows/models/demo.safetensors", "cpu", "auto",
-                               registry, channels_last=runs[0][0]["info"]["seg"]["channels_last"])
-            model.reuse_buffers(8)  # the heap setting the run's segment stage makes
+                               registry, channels_last=seg["channels_last"])
+            size = seg["batch_size"]
+            model.reuse_buffers(size)  # the heap setting the run's segment stage makes
+            # Model only: the same windows in the same batches, from the same image,
+            # already decoded in memory.
+            batches = [np.stack([pixels[:, y:y + 512, x:x + 512] for y, x in kept[i:i + size]])
+                       for i in range(0, len(kept), size)]
         model_times.append(_seconds(model.predict, batches))
         if monai:
-            monai_times.append(monai_seconds(pixels, model))
-            script_times.append(monai_script_seconds(slide, model, work / f"monai-{name}.zarr"))
+            monai_times.append(monai_seconds(pixels, model, size))
+            script_times.append(monai_script_seconds(slide, model, work / f"monai-{name}.zarr",
+                                                     size))
             again.append(wfe_run(slide, workflow, work / f"results-{name}-again-{n}",
                                  again=True)[0]["timings"]["compute"])
     record, wall = min(runs, key=lambda run: run[0]["timings"]["compute"])

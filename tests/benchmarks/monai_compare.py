@@ -2,7 +2,7 @@
 
 MONAI gets the whole image already decoded in memory (a float tensor: how it is
 used), the same network in the memory layout the wfe run chose, the same window
-(512), overlap (64), batch (8), Gaussian blending (sigma 0.125) and the same
+(512), overlap (64), batch (the one the wfe run chose), Gaussian blending (sigma 0.125) and the same
 normalisation inside its predictor; its output stays
 in memory. wfe gets the slide file and writes its labels as OME-Zarr
 (``wfe run``, compute phase). Two slides:
@@ -64,9 +64,10 @@ def wfe_run(slide: Path, workflow: Path, out: Path, again: bool = False) -> tupl
     return records[str(inputs[-1])], wall
 
 
-def _sliding_window(pixels: np.ndarray, model: Any) -> Any:
+def _sliding_window(pixels: np.ndarray, model: Any, batch: int) -> Any:
     """MONAI's sliding-window inference over ``pixels`` (c, y, x) with ``model`` (a loaded
-    wfe model: its network and normalisation); the (1, k, y, x) probabilities."""
+    wfe model: its network and normalisation), ``batch`` windows per call; the
+    (1, k, y, x) probabilities."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -78,20 +79,20 @@ def _sliding_window(pixels: np.ndarray, model: Any) -> Any:
 
     window = model.card.window
     with torch.inference_mode():
-        out = sliding_window_inference(image, window, 8, predictor, overlap=OVERLAP / window,
+        out = sliding_window_inference(image, window, batch, predictor, overlap=OVERLAP / window,
                                        mode="gaussian", sigma_scale=0.125)
     assert out.shape[-2:] == image.shape[-2:]
     return out
 
 
-def monai_seconds(pixels: np.ndarray, model: Any) -> float:
+def monai_seconds(pixels: np.ndarray, model: Any, batch: int) -> float:
     """Seconds MONAI's sliding-window inference takes over ``pixels`` already in memory."""
     t = time.perf_counter()
-    _sliding_window(pixels, model)
+    _sliding_window(pixels, model, batch)
     return time.perf_counter() - t
 
 
-def monai_script_seconds(slide: Path, model: Any, out: Path) -> float:
+def monai_script_seconds(slide: Path, model: Any, out: Path, batch: int) -> float:
     """Seconds a MONAI script takes from the slide file to labels on disk, as ``wfe run``
     does: decode the level at 1 µm into memory, ``sliding_window_inference``, argmax,
     write the labels as Zarr (zstd level 1, 2048² chunks, as wfe; level 0 only, where
@@ -107,7 +108,7 @@ def monai_script_seconds(slide: Path, model: Any, out: Path) -> float:
     registry = load_registry()
     t = time.perf_counter()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
-    labels = _sliding_window(pixels, model).argmax(1).to(torch.uint8).numpy()
+    labels = _sliding_window(pixels, model, batch).argmax(1).to(torch.uint8).numpy()
     zarr.create_array(store=str(out), data=labels, chunks=(1, 2048, 2048),
                       compressors=ZstdCodec(level=1), overwrite=True)
     return time.perf_counter() - t
@@ -135,8 +136,8 @@ def mask_on(work: Path) -> list[tuple[str, str]]:
     registry = load_registry()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
     model = load_model(MODEL, "cpu", "auto", registry, channels_last=info["channels_last"])
-    model.reuse_buffers(8)
-    seconds = monai_seconds(pixels, model)
+    model.reuse_buffers(info["batch_size"])
+    seconds = monai_seconds(pixels, model, info["batch_size"])
     windows = len(WindowGrid(*pixels.shape[1:], model.card.window, OVERLAP))
     del pixels
     skipped = info["windows_skipped_fraction"]

@@ -21,8 +21,10 @@ from wfe_builtin.models.card import ModelCard, load_card
 __all__ = ["LoadedModel", "fastest", "load_model", "resolve_device", "tta_passes"]
 
 # ``batch_size: auto``: at most this many windows per call (beyond it CPUs gain
-# nothing and GPUs little), using at most this share of the free memory.
-BATCH_CAP = {"cuda": 32, "mps": 16, "cpu": 8}
+# nothing and GPUs little), using at most this share of the free memory. On a CPU a
+# batch of 4 runs as fast per window as one of 8 and its pass needs half the memory,
+# which a fresh process must fault in (docs/inference.md, Batch size).
+BATCH_CAP = {"cuda": 32, "mps": 16, "cpu": 4}
 MEMORY_SHARE = 0.5
 
 

@@ -54,7 +54,7 @@ class SegmentParams(StageParams):
         default_factory=list, description="Test-time augmentation: rot90 (0/90/180/270), flip.")
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="Windows per model call; auto: as many as fit in half the free "
-                            "memory of the device, at most 8 on a CPU, 32 on a GPU.")
+                            "memory of the device, at most 4 on a CPU, 32 on a GPU.")
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="Channels-last memory format; auto: a forward pass is timed in "
                             "each format when the model loads and the faster is kept (it "
