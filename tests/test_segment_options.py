@@ -271,3 +271,34 @@ def test_batch_size_auto_fits_the_free_memory(tmp_path, registry, image, demo_mo
     capped = capped.compute(scheduler="synchronous")
     assert max(sizes) == loader.BATCH_CAP["cpu"] == 4
     np.testing.assert_allclose(capped, auto, atol=1e-5)
+
+
+def test_every_model_call_runs_on_the_one_torch_thread(tmp_path, registry, image,
+                                                      monkeypatch):
+    """Whichever threads compute the chunks (dask's workers), the network is loaded and
+    called on one thread of the process: a thread per caller would make an OpenMP team
+    per caller, and the teams together would outnumber the cores."""
+    import threading
+
+    from wfe_builtin.models import loader, torch_thread
+
+    callers: set[int] = set()
+    forwards: set[int] = set()
+    predict = loader.LoadedModel.predict
+
+    def recording(self, batch, tta=()):
+        callers.add(threading.get_ident())
+        return predict(self, batch, tta)
+
+    monkeypatch.setattr(loader.LoadedModel, "predict", recording)
+    out = _run(tmp_path, registry, image, overlap=32, chunk=320)
+    model = load_model(MODEL, "cpu", "auto", registry, channels_last="auto")  # the run's
+    handle = model.net.register_forward_pre_hook(
+        lambda *_: forwards.add(threading.get_ident()))
+    try:
+        out["labels"].data.compute(scheduler="threads", num_workers=2)
+    finally:
+        handle.remove()
+    assert len(callers) > 1  # several threads asked for predictions...
+    assert forwards == {torch_thread._ident}  # ...and one thread ran them all
+    assert threading.get_ident() not in forwards

@@ -51,8 +51,8 @@ def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple
     """Predict the windows in ``region`` and return (Σ p·w, Σ w, origin).
 
     Two batches are in flight: while the model runs on one, the next is cut out and
-    prepared (``predict`` normalises outside its model's lock), and the one before is
-    added in, in order (so the sums are the same as one batch after the other).
+    handed to ``predict`` (which may queue it), and the one before is added in, in
+    order (so the sums are the same as one batch after the other).
     """
     h, w = region.shape[1:]
     num = np.zeros((out_channels, h, w), np.float32)

@@ -71,6 +71,8 @@ def _sliding_window(pixels: np.ndarray, model: Any, batch: int) -> Any:
     import torch
     from monai.inferers import sliding_window_inference
 
+    from wfe_builtin.models.torch_thread import on_torch_thread
+
     image = torch.from_numpy(np.ascontiguousarray(pixels))[None].float()
     scale = model.card.normalize.scale
 
@@ -78,9 +80,16 @@ def _sliding_window(pixels: np.ndarray, model: Any, batch: int) -> Any:
         return torch.softmax(model.net((x / scale - model.mean) / model.std), dim=1)
 
     window = model.card.window
-    with torch.inference_mode():
-        out = sliding_window_inference(image, window, batch, predictor, overlap=OVERLAP / window,
-                                       mode="gaussian", sigma_scale=0.125)
+
+    def infer() -> Any:
+        with torch.inference_mode():
+            return sliding_window_inference(image, window, batch, predictor,
+                                            overlap=OVERLAP / window, mode="gaussian",
+                                            sigma_scale=0.125)
+
+    # On the thread wfe's model runs on in this process: a second thread calling torch
+    # would make a second OpenMP team and slow both (wfe_builtin.models.torch_thread).
+    out = on_torch_thread(infer)
     assert out.shape[-2:] == image.shape[-2:]
     return out
 

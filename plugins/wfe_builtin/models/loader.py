@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from wfe.heap import reuse_blocks_up_to
 from wfe.plugins import Registry
 from wfe.specs import load_target
 from wfe_builtin.models.card import ModelCard, load_card
+from wfe_builtin.models.torch_thread import on_torch_thread
 
 __all__ = ["LoadedModel", "fastest", "load_model", "resolve_device", "tta_passes"]
 
@@ -60,7 +60,6 @@ class LoadedModel:
     net: Any
     device: str
     autocast: Any
-    lock: threading.Lock
     channels_last: bool = False
     mean: Any = None  # normalisation as (1, c, 1, 1) tensors, set once at load
     std: Any = None
@@ -75,25 +74,30 @@ class LoadedModel:
         norm = self.card.normalize
         self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
-        # (pixel / scale - mean) / std as one multiply and one subtract, in place.
-        self._gain = 1.0 / (norm.scale * self.std)
-        self._offset = self.mean / self.std
+        # (pixel / scale - mean) / std as one multiply and one subtract, in place, on
+        # the device.
+        self._gain = (1.0 / (norm.scale * self.std)).to(self.device)
+        self._offset = (self.mean / self.std).to(self.device)
 
     def predict(self, batch: np.ndarray, tta: tuple[str, ...] = ()) -> np.ndarray:
         """Class probabilities ``(n, k, h, w)`` float32 for raw pixels ``(n, c, h, w)``.
 
-        One batch at a time per process: torch already uses every core, so
-        reader threads decode the next windows (and normalise them, outside the
-        lock) while this runs.
+        Runs on the process's torch thread (:mod:`wfe_builtin.models.torch_thread`), one
+        batch at a time: torch already uses every core, and callers cut out the next
+        batch while this one runs.
         """
+        return on_torch_thread(self._predict, batch, tta)
+
+    def _predict(self, batch: np.ndarray, tta: tuple[str, ...]) -> np.ndarray:
         import torch
 
-        # A copy even of float32 input: the caller's array is not to be changed in place.
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32, copy=True)
-        x.mul_(self._gain).sub_(self._offset)
         views = _tta_views(tta)
-        with self.lock, torch.inference_mode():
-            x = x.to(self.device)
+        with torch.inference_mode():
+            # Pixels go to the device as they are (uint8: a quarter of float32) and are
+            # normalised there; a copy, so the caller's array is never changed in place.
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            x = x.to(torch.float32, copy=True)
+            x.mul_(self._gain).sub_(self._offset)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             total = None
@@ -275,7 +279,7 @@ def _load(weights: Path, mtime: float, device: str, precision: str, builder_targ
                          f"({card.architecture}/{card.encoder}): {detail}",
                          "use the card the weights were saved with") from None
     net.eval().to(device)
-    model = LoadedModel(card, net, device, _autocast_dtype(precision, device), threading.Lock())
+    model = LoadedModel(card, net, device, _autocast_dtype(precision, device))
     if channels_last == "auto":
         channels_last = _channels_last_is_faster(model)
     _set_channels_last(model, bool(channels_last))
@@ -301,5 +305,7 @@ def load_model(weights: Path, device: str, precision: str, registry: Registry, *
                          "check the model path (the .safetensors beside its card)")
     card = load_card(weights)
     builder = registry.architecture(card.architecture).target
-    return _load(weights, weights.stat().st_mtime, resolve_device(device), precision, builder,
-                 channels_last, compile)
+    # Built on the torch thread, as every call of it will be (its warm-up and layout
+    # timing included): one OpenMP team per process.
+    return on_torch_thread(_load, weights, weights.stat().st_mtime, resolve_device(device),
+                           precision, builder, channels_last, compile)
