@@ -97,3 +97,15 @@ def test_weights_that_do_not_match_the_card(tmp_path, registry, image):
     (tmp_path / "m.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(InputError, match="cannot read weights"):
         SegmentStage(SegmentParams(image="i", model="m.safetensors")).run(ctx, image=image)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 6])
+def test_labels_are_the_first_most_probable_class(classes):
+    from wfe_builtin.stages.segment import _argmax
+
+    rng = np.random.default_rng(classes)
+    # Probabilities in tenths: many pixels tie, and the first class of a tie wins.
+    block = (rng.integers(0, 10, (classes, 37, 53)) / 10).astype(np.float32)
+    labels = _argmax(block)
+    assert labels.dtype == np.uint8 and labels.shape == (1, 37, 53)
+    np.testing.assert_array_equal(labels[0], block.argmax(axis=0))

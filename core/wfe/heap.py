@@ -39,8 +39,10 @@ _M_ARENA_MAX = -8
 #: mallopt takes a C int: thresholds are capped below 2 GiB.
 _MAX_THRESHOLD = (1 << 31) - 1
 
-#: The mmap threshold set so far (bytes; 0: none), so that it is only ever raised.
+#: The mmap and trim thresholds set so far (bytes; 0: none), so that they are only
+#: ever raised.
 _mmap_threshold = 0
+_trim_threshold = 0
 
 
 def _mallopt() -> Any:
@@ -78,21 +80,32 @@ def fix_heap_thresholds(mmap_threshold: int = 64 << 20) -> bool:
 def reuse_blocks_up_to(nbytes: int, working_set: int) -> bool:
     """Let freed blocks of up to ``nbytes``, and up to ``working_set`` bytes of them in
     all, be reused from the heap instead of mapped, faulted in and zeroed anew; whether
-    the thresholds were raised.
+    the thresholds are set so.
 
     For a CPU model's forward pass, whose activations are allocated and freed for every
     batch: the memory it needs stays in the process between batches (it is needed
-    again at once). Only ever raises the thresholds: a run that loads no model keeps
-    the lower ones that keep tiling's memory flat.
+    again at once). Both thresholds matter: blocks above the mmap threshold are mapped
+    afresh each time, and freed memory at the top of the heap beyond the trim threshold
+    goes back to the system, to be faulted in again by the next batch: the demo model
+    over 81 windows in batches of one, all its blocks under the 64 MiB mmap threshold,
+    took 3.8-4.0 s with glibc's trim threshold against 2.1 s with it raised. Only ever
+    raises them: a run that loads no model keeps the lower ones that keep tiling's
+    memory flat.
     """
-    global _mmap_threshold
+    global _mmap_threshold, _trim_threshold
     mallopt = _mallopt()
-    if mallopt is None or nbytes < _mmap_threshold:
+    if mallopt is None:
         return False
-    # A little above the block: glibc maps a block as large as its threshold.
-    nbytes = min(nbytes + (1 << 20), _MAX_THRESHOLD)
-    trim = min(max(working_set, 2 * nbytes), _MAX_THRESHOLD)
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, nbytes)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
-    if ok:
-        _mmap_threshold = nbytes
+    ok = True
+    if nbytes >= _mmap_threshold:
+        # A little above the block: glibc maps a block as large as its threshold.
+        nbytes = min(nbytes + (1 << 20), _MAX_THRESHOLD)
+        ok = bool(mallopt(_M_MMAP_THRESHOLD, nbytes))
+        if ok:
+            _mmap_threshold = nbytes
+    trim = min(max(working_set, 2 * _mmap_threshold), _MAX_THRESHOLD)
+    if ok and trim > _trim_threshold:
+        ok = bool(mallopt(_M_TRIM_THRESHOLD, trim))
+        if ok:
+            _trim_threshold = trim
     return ok

@@ -12,6 +12,11 @@ the first, with 41,600 context switches against 1,100. Loading and calling every
 model on this one thread keeps a single team; the callers (dask's workers, each with
 a batch ready) queue here, which also serialises the forward passes as one pass per
 process at a time needs: torch already uses every core.
+
+Before the thread starts, the process's heap settings are fixed
+(:func:`wfe.heap.fix_heap_thresholds`, as ``wfe run`` does first thing): a thread
+started earlier would allocate from an arena of its own, in which a forward pass's
+large buffers are mapped afresh for every batch whatever the thresholds.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from wfe.heap import fix_heap_thresholds
 
 __all__ = ["on_torch_thread"]
 
@@ -43,6 +50,7 @@ def on_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     with _start:
         if _executor is None:
+            fix_heap_thresholds()
             _executor = ThreadPoolExecutor(1, thread_name_prefix="wfe-torch",
                                            initializer=_remember_thread)
     return _executor.submit(fn, *args, **kwargs).result()

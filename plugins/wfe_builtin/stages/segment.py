@@ -219,15 +219,20 @@ def _store_dtype(probs: da.Array, dtype: str) -> da.Array:
 def _argmax(block: np.ndarray) -> np.ndarray:
     """The first most probable class of each pixel, as a (1, y, x) uint8 block.
 
-    One pass per class over contiguous planes: ``argmax(axis=0)`` walks the
-    class axis with a large stride and took twice as long on a 2240² chunk.
+    One pass per class over contiguous planes: ``argmax(axis=0)`` walks the class
+    axis with a large stride and took 1.5× as long on a 2240² chunk. Labels only ever
+    rise as the classes go up, so a class that beats the best so far is written with
+    ``maximum`` rather than by a masked store, which branches per pixel: 6 ms against
+    49 ms for a 3-class 2240² chunk of random probabilities.
     """
     best = block[0].copy()
     labels = np.zeros((1, *block.shape[1:]), np.uint8)
     higher = np.empty(block.shape[1:], bool)
+    step = np.empty(block.shape[1:], np.uint8)
     for c in range(1, block.shape[0]):
         np.greater(block[c], best, out=higher)
-        labels[0][higher] = c
+        np.multiply(higher, np.uint8(c), out=step)
+        np.maximum(labels[0], step, out=labels[0])
         np.maximum(best, block[c], out=best)
     return labels
 
