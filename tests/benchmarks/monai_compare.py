@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,34 +65,37 @@ def wfe_run(slide: Path, workflow: Path, out: Path, again: bool = False) -> tupl
     return records[str(inputs[-1])], wall
 
 
-def _sliding_window(pixels: np.ndarray, model: Any, batch: int) -> Any:
+def _sliding_window(pixels: np.ndarray, model: Any, batch: int,
+                    then: Callable[[Any], Any] = lambda out: out) -> Any:
     """MONAI's sliding-window inference over ``pixels`` (c, y, x) with ``model`` (a loaded
-    wfe model: its network and normalisation), ``batch`` windows per call; the
-    (1, k, y, x) probabilities."""
+    wfe model: its network and normalisation), ``batch`` windows per call: ``then`` of
+    the (1, k, y, x) probabilities.
+
+    All of it, ``then`` included, runs on the thread wfe's model runs on in this process
+    (the float image, the passes, the blending): torch work on a second thread would
+    make a second OpenMP team and slow every pass after it, MONAI's and the model-only
+    loop's alike (``wfe_builtin.models.torch_thread``)."""
     import torch
     from monai.inferers import sliding_window_inference
 
     from wfe_builtin.models.torch_thread import on_torch_thread
 
-    image = torch.from_numpy(np.ascontiguousarray(pixels))[None].float()
     scale = model.card.normalize.scale
+    window = model.card.window
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model.net((x / scale - model.mean) / model.std), dim=1)
 
-    window = model.card.window
-
     def infer() -> Any:
+        image = torch.from_numpy(np.ascontiguousarray(pixels))[None].float()
         with torch.inference_mode():
-            return sliding_window_inference(image, window, batch, predictor,
-                                            overlap=OVERLAP / window, mode="gaussian",
-                                            sigma_scale=0.125)
+            out = sliding_window_inference(image, window, batch, predictor,
+                                           overlap=OVERLAP / window, mode="gaussian",
+                                           sigma_scale=0.125)
+            assert out.shape[-2:] == image.shape[-2:]
+            return then(out)
 
-    # On the thread wfe's model runs on in this process: a second thread calling torch
-    # would make a second OpenMP team and slow both (wfe_builtin.models.torch_thread).
-    out = on_torch_thread(infer)
-    assert out.shape[-2:] == image.shape[-2:]
-    return out
+    return on_torch_thread(infer)
 
 
 def monai_seconds(pixels: np.ndarray, model: Any, batch: int) -> float:
@@ -117,7 +121,8 @@ def monai_script_seconds(slide: Path, model: Any, out: Path, batch: int) -> floa
     registry = load_registry()
     t = time.perf_counter()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
-    labels = _sliding_window(pixels, model, batch).argmax(1).to(torch.uint8).numpy()
+    labels = _sliding_window(pixels, model, batch,
+                             lambda out: out.argmax(1).to(torch.uint8).numpy())
     zarr.create_array(store=str(out), data=labels, chunks=(1, 2048, 2048),
                       compressors=ZstdCodec(level=1), overwrite=True)
     return time.perf_counter() - t
