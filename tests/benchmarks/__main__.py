@@ -12,8 +12,8 @@ peak RSS per format at 1×, 4×, 16× the area (tests/benchmarks/writers.py).
 
 Throughput: ``wfe run`` (read → [tissue mask] → segment → write OME-Zarr [+ overlay])
 against the model alone on the *same windows* of the same image (real pixels,
-already in memory, same batch size), for the demo (mask on) and a larger slide
-with the mask off; and against MONAI's sliding-window inference on the same
+already in memory, same batch size), for the demo (mask on) and two larger slides
+(81 and 361 windows) with the mask off; and against MONAI's sliding-window inference on the same
 image and model, mask off and on (tests/benchmarks/monai_compare.py).
 """
 
@@ -218,6 +218,8 @@ def main() -> None:
         no_mask.write_text(NO_MASK.format(model=ROOT / "workflows/models/demo.safetensors"))
         rows = throughput(work, "demo", (6144, 4096), 7, ROOT / "workflows/demo.yaml")
         rows += throughput(work, "large", (8192, 8192), 5, no_mask, monai=True)
+        # 4× the area: what a fixed cost per run weighs against what grows with it.
+        rows += throughput(work, "xl", (16384, 16384), 5, no_mask, monai=True)
         rows += monai_compare.mask_on(work)
         rows += memory(work)
         rows += model_memory(work, no_mask)
