@@ -44,15 +44,19 @@ def test_segment_is_chunk_size_independent(tmp_path, registry, image):
     assert (a["labels"].data.compute() == pb.argmax(0)).all()
 
 
-@pytest.mark.parametrize("mode", ["gaussian", "constant"])
-def test_segment_equals_monai(tmp_path, registry, image, demo_model, mode):
+@pytest.mark.parametrize("mode,tta", [("gaussian", []), ("constant", []),
+                                      ("gaussian", ["rot90", "flip"]), ("constant", ["flip"])])
+def test_segment_equals_monai(tmp_path, registry, image, demo_model, mode, tta):
+    """The whole stage (reading, batching, TTA, stitching) against MONAI on the same image,
+    MONAI's predictor being the same model with the same augmentations."""
     arr = image.levels[0][:, :437, :509]
     crop = type(image)(levels=[arr], pixel_size=[2.0], channels=image.channels)
-    ours = _segment(tmp_path, registry, crop, window=192, overlap=48, blend=mode,
+    ours = _segment(tmp_path, registry, crop, window=192, overlap=48, blend=mode, tta=tta,
                     chunk=200)["probabilities"].data.compute()
     pixels = torch.from_numpy(arr.compute()[None].astype(np.float32))
     theirs = sliding_window_inference(
-        pixels, (192, 192), 4, lambda t: torch.from_numpy(demo_model.predict(t.numpy())),
+        pixels, (192, 192), 4,
+        lambda t: torch.from_numpy(demo_model.predict(t.numpy(), tuple(tta))),
         overlap=48 / 192, mode=mode)[0].numpy()
     assert np.abs(ours - theirs).max() <= 1e-4
 

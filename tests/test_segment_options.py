@@ -73,6 +73,28 @@ def test_fusion_weights_and_per_scale_models(tmp_path, registry, image):
     assert np.abs(mean[:, :300, :300].compute() - one[:, :300, :300].compute()).max() > 1e-3
 
 
+def test_multiscale_fusion_equals_the_single_scale_runs_fused(tmp_path, registry, image):
+    """Fusing 1 and 2 µm equals each scale run alone, the coarse one upsampled bilinearly
+    (torch's ``interpolate``, half-pixel centres) and combined by mean, weights or max."""
+    import torch.nn.functional as F
+
+    fine = _run(tmp_path, registry, image, scales=[1.0])["probabilities"].data.compute()
+    coarse = _run(tmp_path, registry, image, scales=[2.0])["probabilities"]
+    assert coarse.shape == (3, 512, 512)
+    up = F.interpolate(torch.from_numpy(coarse.data.compute())[None], size=fine.shape[1:],
+                       mode="bilinear", align_corners=False)[0].numpy()
+    expected = {"mean": (fine + up) / 2, "weights": (3 * fine + up) / 4,
+                "max": np.maximum(fine, up) / np.maximum(fine, up).sum(0, keepdims=True)}
+    got = {"mean": _run(tmp_path, registry, image, scales=[1.0, 2.0]),
+           "weights": _run(tmp_path, registry, image, scales=[1.0, 2.0], fuse_weights=[3, 1]),
+           "max": _run(tmp_path, registry, image, scales=[1.0, 2.0], fuse="max")}
+    for how, out in got.items():
+        probs = out["probabilities"].data.compute()
+        assert np.abs(probs - expected[how]).max() <= 1e-5, how
+        assert (out["labels"].data.compute()[0] == expected[how].argmax(0)).mean() > 0.999
+    assert np.abs(expected["mean"] - fine).max() > 1e-2  # the coarse scale does contribute
+
+
 def test_per_scale_lists_are_checked(tmp_path, registry):
     wf = tmp_path / "wf.yaml"
     wf.write_text(f"""

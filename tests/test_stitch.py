@@ -51,15 +51,47 @@ def test_result_does_not_depend_on_chunk_size(image, blend):
         assert np.abs(results[0] - other).max() <= 1e-5
 
 
-@pytest.mark.parametrize("mode", ["gaussian", "constant"])
-def test_toy_predictor_equals_monai(image, mode):
+@pytest.mark.parametrize("mode,sigma_scale", [("gaussian", 0.125), ("gaussian", 0.3),
+                                              ("constant", 0.125), ("cosine", 0.125),
+                                              ("crop", 0.125)])
+def test_toy_predictor_equals_monai(image, mode, sigma_scale):
+    """Stitching equals MONAI's. For ``cosine`` and ``crop`` (modes MONAI lacks) MONAI is
+    given our window weights as ``roi_weight_map``: the accumulation is still its own."""
     ours = sliding_window_map(da.from_array(image, chunks=(3, 200, 200)), _toy_predict,
                               out_channels=2, window=160, overlap=40, blend=mode,
-                              chunk=300).compute()
+                              sigma_scale=sigma_scale, chunk=300).compute()
+    weights = None
+    if mode in ("cosine", "crop"):
+        weights = torch.from_numpy(blend_weights(160, mode, overlap=40).copy())[None, None]
     theirs = sliding_window_inference(
         torch.from_numpy(image[None].astype(np.float32)), (160, 160), 4,
-        lambda t: torch.from_numpy(_toy_predict(t.numpy())), overlap=40 / 160, mode=mode)
+        lambda t: torch.from_numpy(_toy_predict(t.numpy())), overlap=40 / 160,
+        mode="constant" if weights is not None else mode, sigma_scale=sigma_scale,
+        roi_weight_map=weights)
     assert np.abs(ours - theirs[0].numpy()).max() <= 1e-4
+
+
+def _where_predict(batch: np.ndarray) -> np.ndarray:
+    """The toy network plus a ramp across each window: it tells the windows apart."""
+    ramp = np.linspace(0, 1, batch.shape[-1], dtype=np.float32)
+    return _toy_predict(batch) + ramp
+
+
+def test_crop_keeps_each_windows_centre(image):
+    """With ``crop``, each pixel takes the prediction of the window whose centre holds it
+    alone; ``cosine`` blends the neighbours there."""
+    def stitched(blend: str) -> np.ndarray:
+        return sliding_window_map(da.from_array(image, chunks=(3, 256, 256)), _where_predict,
+                                  out_channels=2, window=160, overlap=40, blend=blend,
+                                  chunk=256).compute()
+
+    crop, cosine = stitched("crop"), stitched("cosine")
+    first = _where_predict(image[None, :, :160, :160])[0]
+    second = _where_predict(image[None, :, :160, 120:280])[0]
+    # windows start at x = 0, 120, 240, ...: the first keeps x < 140, the second [140, 260)
+    np.testing.assert_allclose(crop[:, 20:135, :140], first[:, 20:135, :140], atol=1e-4)
+    np.testing.assert_allclose(crop[:, 20:135, 140:160], second[:, 20:135, 20:40], atol=1e-4)
+    assert np.abs(cosine[:, 20:135, 125:140] - first[:, 20:135, 125:140]).max() > 1e-2
 
 
 def test_skipped_windows_get_background(image):
