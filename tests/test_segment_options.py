@@ -60,22 +60,10 @@ def test_probability_dtypes(tmp_path, registry, image):
     assert small.attrs["probability_scale"] == 255
 
 
-def test_fusion_weights_and_per_scale_models(tmp_path, registry, image):
-    one = _run(tmp_path, registry, image, scales=[1.0])["probabilities"].data
-    weighted = _run(tmp_path, registry, image, scales=[1.0, 2.0],
-                    fuse_weights=[1.0, 0.0])["probabilities"].data
-    assert np.abs(one[:, 100:400, 100:400].compute()
-                  - weighted[:, 100:400, 100:400].compute()).max() <= 1e-5
-    mean = _run(tmp_path, registry, image, scales=[1.0, 2.0])["probabilities"].data
-    per_scale = _run(tmp_path, registry, image, scales=[1.0, 2.0],
-                     model=[MODEL.name, MODEL.name])["probabilities"].data
-    assert np.abs(mean[:, :300, :300].compute() - per_scale[:, :300, :300].compute()).max() <= 1e-6
-    assert np.abs(mean[:, :300, :300].compute() - one[:, :300, :300].compute()).max() > 1e-3
-
-
 def test_multiscale_fusion_equals_the_single_scale_runs_fused(tmp_path, registry, image):
     """Fusing 1 and 2 µm equals each scale run alone, the coarse one upsampled bilinearly
-    (torch's ``interpolate``, half-pixel centres) and combined by mean, weights or max."""
+    (torch's ``interpolate``, half-pixel centres) and combined by mean, weights or max;
+    per-scale models and a zero weight behave as they say."""
     import torch.nn.functional as F
 
     fine = _run(tmp_path, registry, image, scales=[1.0])["probabilities"].data.compute()
@@ -93,6 +81,15 @@ def test_multiscale_fusion_equals_the_single_scale_runs_fused(tmp_path, registry
         assert np.abs(probs - expected[how]).max() <= 1e-5, how
         assert (out["labels"].data.compute()[0] == expected[how].argmax(0)).mean() > 0.999
     assert np.abs(expected["mean"] - fine).max() > 1e-2  # the coarse scale does contribute
+    mean = got["mean"]["probabilities"].data
+    # A zero weight leaves the first scale alone; one model per scale equals one for both.
+    weighted = _run(tmp_path, registry, image, scales=[1.0, 2.0],
+                    fuse_weights=[1.0, 0.0])["probabilities"].data
+    assert np.abs(fine[:, 100:400, 100:400] - weighted[:, 100:400, 100:400].compute()).max() <= 1e-5
+    per_scale = _run(tmp_path, registry, image, scales=[1.0, 2.0],
+                     model=[MODEL.name, MODEL.name])["probabilities"].data
+    assert np.abs(mean[:, :300, :300].compute() - per_scale[:, :300, :300].compute()).max() <= 1e-6
+    assert np.abs(mean[:, :300, :300].compute() - fine[:, :300, :300]).max() > 1e-3
 
 
 def test_per_scale_lists_are_checked(tmp_path, registry):
