@@ -157,3 +157,42 @@ def test_a_cpu_model_reuses_its_forward_buffers():
     # at the top of the heap went back to the system after each batch until the trim
     # threshold was raised too (16,000-22,000 faults a batch; about 1,000 now).
     assert measure("reused", 1)[1] * 5 < measure("default", 1)[1]
+
+
+HUGE_PAGES = """
+import re
+from wfe.heap import use_huge_pages
+
+use_huge_pages()
+import torch
+
+block = torch.ones(32 << 20)  # a forward pass's buffer: 128 MiB, touched
+text = open("/proc/self/smaps_rollup").read()
+print(int(re.search(r"AnonHugePages:\\s+(\\d+) kB", text).group(1)) // 1024)
+"""
+
+
+def _huge_pages_offered() -> bool:
+    try:
+        setting = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    return "[never]" not in setting
+
+
+@pytest.mark.skipif(not _huge_pages_offered(), reason="the kernel offers no huge pages")
+def test_torch_tensors_are_backed_by_huge_pages_unless_turned_off(monkeypatch):
+    """A first input faults its forward passes' buffers in: a fault per 2 MiB with huge
+    pages instead of per 4 KiB page. ``THP_MEM_ALLOC_ENABLE=0`` in the environment wins."""
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert int(_fresh_process(HUGE_PAGES)) >= 64  # MiB of the 128 in huge pages
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert int(_fresh_process(HUGE_PAGES)) < 64
+
+
+def test_the_command_asks_for_huge_pages_before_torch_is_imported(monkeypatch):
+    code = ("import os, sys\nfrom wfe.cli import main\nsys.argv = ['wfe', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert _fresh_process(code).split()[-2:] == ["1", "False"]

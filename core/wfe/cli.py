@@ -232,7 +232,10 @@ def _add_plugin_commands() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    from wfe.heap import use_huge_pages
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    use_huge_pages()  # before anything imports torch
     try:
         _add_plugin_commands()
         app()

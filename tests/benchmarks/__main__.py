@@ -205,10 +205,11 @@ def main() -> None:
     from tests.benchmarks import monai_compare
     from tests.benchmarks.tiling import tiling, tiling_memory
     from tests.benchmarks.writers import writers, writers_memory
-    from wfe.heap import fix_heap_thresholds
+    from wfe.heap import fix_heap_thresholds, use_huge_pages
 
     # The model-only loop and MONAI run in this process: under the heap settings that
     # ``wfe run`` uses, so the ratios compare engines, not allocator settings.
+    use_huge_pages()
     fix_heap_thresholds()
     console = Console()
     console.print(f"machine: {_machine()}")
