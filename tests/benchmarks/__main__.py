@@ -94,7 +94,7 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
         grid = WindowGrid(h, w, 512, 64)
         kept = [(y, x) for y in grid.ys for x in grid.xs]
     pixels = image.levels[0].compute()
-    runs, model_times, monai_times, script_times, again = [], [], [], [], []
+    runs, model_times, fresh_times, monai_times, script_times, again = [], [], [], [], [], []
     for n in range(3):
         runs.append(wfe_run(slide, workflow, work / f"results-{name}-{n}"))
         if n == 0:
@@ -110,6 +110,8 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
             batches = [np.stack([pixels[:, y:y + 512, x:x + 512] for y, x in kept[i:i + size]])
                        for i in range(0, len(kept), size)]
         model_times.append(_seconds(model.predict, batches))
+        if not masked:
+            fresh_times.append(_fresh_model_seconds(slide, size, seg["channels_last"]))
         if monai:
             monai_times.append(monai_seconds(pixels, model, size))
             script_times.append(monai_script_seconds(slide, model, work / f"monai-{name}.zarr",
@@ -138,6 +140,14 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
         (f"{name}: ratio end-to-end / model-only, compute phase", f"{model_only / compute:.3f}"),
         (f"{name}: ratio end-to-end / model-only, whole command", f"{model_only / wall:.3f}"),
     ]
+    if fresh_times:
+        fresh = min(fresh_times)
+        rows += [
+            (f"{name}: model only in a fresh process (loaded as wfe loads it), each turn (s)",
+             " · ".join(f"{t:.2f}" for t in fresh_times)),
+            (f"{name}: ratio end-to-end / model-only, both in a fresh process, compute phase",
+             f"{fresh / compute:.3f}"),
+        ]
     if monai:
         best = min(monai_times)
         rows += [
@@ -157,6 +167,16 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
              f"{best / min(again):.3f}"),
         ]
     return rows
+
+
+def _fresh_model_seconds(slide: Path, batch: int, channels_last: bool) -> float:
+    """The model alone over the slide's windows, in a process of its own
+    (tests/benchmarks/model_only.py): a fresh ``wfe run``'s first-input costs, page
+    faults and first passes of a batch size, paid by the model too."""
+    done = subprocess.run([sys.executable, "-m", "tests.benchmarks.model_only", str(slide),
+                           str(batch), str(channels_last)], check=True, capture_output=True,
+                          text=True, cwd=ROOT)
+    return float(done.stdout.split()[-1])
 
 
 def _seconds(predict: Any, batches: list[np.ndarray]) -> float:
