@@ -130,7 +130,7 @@ def monai_script_seconds(slide: Path, model: Any, out: Path, batch: int) -> floa
 
 def mask_on(work: Path) -> list[tuple[str, str]]:
     """A ``SIDE``² slide at 0.5 µm with ``TISSUE`` of it tissue in one section, mask on:
-    one run each (the expected gap is large against the machine's noise)."""
+    three turns each (a fresh ``wfe run``, then MONAI), each one's fastest counts."""
     from wfe.grid import WindowGrid
     from wfe.io import open_image
     from wfe.plugins import load_registry
@@ -144,14 +144,19 @@ def mask_on(work: Path) -> list[tuple[str, str]]:
                    check=True, capture_output=True)
     workflow = work / "masked.yaml"
     workflow.write_text(MASKED.format(model=MODEL))
-    record, _ = wfe_run(slide, workflow, work / "results-background")
-    info = record["info"]["seg"]
-    compute = record["timings"]["compute"]
     registry = load_registry()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
-    model = load_model(MODEL, "cpu", "auto", registry, channels_last=info["channels_last"])
-    model.reuse_buffers(info["batch_size"])
-    seconds = monai_seconds(pixels, model, info["batch_size"])
+    computes, monais = [], []
+    for n in range(3):
+        record, _ = wfe_run(slide, workflow, work / f"results-background-{n}")
+        info = record["info"]["seg"]
+        computes.append(record["timings"]["compute"])
+        if n == 0:
+            model = load_model(MODEL, "cpu", "auto", registry,
+                               channels_last=info["channels_last"])
+            model.reuse_buffers(info["batch_size"])
+        monais.append(monai_seconds(pixels, model, info["batch_size"]))
+    compute, seconds = min(computes), min(monais)
     windows = len(WindowGrid(*pixels.shape[1:], model.card.window, OVERLAP))
     del pixels
     skipped = info["windows_skipped_fraction"]
@@ -161,9 +166,10 @@ def mask_on(work: Path) -> list[tuple[str, str]]:
          f"{SIDE:,}² px at 0.5 µm, run at 1 µm: {background:.0%} of its pixels background, "
          f"{skipped:.0%} of its {windows} windows skipped by the tissue mask"),
         ("MONAI, mask on: MONAI sliding_window_inference (all windows, image in memory)",
-         f"{seconds:.1f} s"),
+         f"{seconds:.1f} s (turns: {' · '.join(f'{t:.1f}' for t in monais)})"),
         ("MONAI, mask on: wfe run from the file, compute phase (mask + kept windows)",
-         f"{compute:.1f} s ({info['windows']} windows)"),
+         f"{compute:.1f} s ({info['windows']} windows; turns: "
+         f"{' · '.join(f'{t:.1f}' for t in computes)})"),
         ("MONAI, mask on: speed-up of wfe over MONAI (target ≥ 2)",
          f"{seconds / compute:.2f} (all windows / kept windows: "
          f"{windows / info['windows']:.2f})"),
