@@ -227,4 +227,3 @@ def test_next_batch_is_prepared_while_the_model_runs():
     one_by_one = sliding_window_map(da.from_array(image, chunks=(3, 300, 300)),
                                     _toy_predict, **{**kwargs, "batch_size": 36})
     np.testing.assert_array_equal(result, one_by_one.compute(scheduler="synchronous"))
-

@@ -205,28 +205,20 @@ def _blend_into(box: Box, background: np.ndarray, dtype: Any, own: Part,
     """Blend a chunk whose own accumulation covers all of it (``src``, in the
     accumulation): the strips spilled into the chunk are added into the accumulation
     there, and the quotient is the chunk. No zeroed chunk to add everything into:
-    12.6 ms instead of 15.2 for a 2240² chunk of three classes. The strips later cut from the same
-    accumulation for the chunks to the right and below lie outside ``box``: they are
-    not changed.
+    12.6 ms instead of 15.2 for a 2240² chunk of three classes. The strips later cut
+    from the same accumulation for the chunks to the right and below lie outside
+    ``box``: they are not changed.
     """
     num, den, (oy, ox) = own
-    for pnum, pden, origin in incoming:
-        hit = _overlap(box, origin, pden.shape)
+    extent = (oy, oy + den.shape[0], ox, ox + den.shape[1])
+    for pnum, pden, origin in incoming:  # strips are cut to the chunk: inside ``src``
+        hit = _overlap(extent, origin, pden.shape)
         if hit is None:
             continue
-        part, dst = hit
-        at = (slice(dst[0].start + box[0] - oy, dst[0].stop + box[0] - oy),
-              slice(dst[1].start + box[2] - ox, dst[1].stop + box[2] - ox))
+        part, at = hit
         num[(slice(None), *at)] += pnum[(slice(None), *part)]
         den[at] += pden[part]
-    cnum, cden = num[(slice(None), *src)], den[src]
-    covered = cden > 0
-    if covered.all():
-        return np.divide(cnum, cden).astype(dtype, copy=False)
-    out = np.empty_like(cnum)
-    out[:] = background[:, None, None]
-    np.divide(cnum, cden, out=out, where=covered[None])
-    return out.astype(dtype, copy=False)
+    return _quotient(num[(slice(None), *src)], den[src], background, dtype)
 
 
 def _filled(background: np.ndarray, dtype: Any, shape: tuple[int, int, int]) -> np.ndarray:
@@ -246,13 +238,20 @@ def _assemble(box: Box, background: np.ndarray, dtype: Any, *parts: Part) -> np.
         src, dst = hit
         num[(slice(None), *dst)] += pnum[(slice(None), *src)]
         den[dst] += pden[src]
+    return _quotient(num, den, background, dtype, out=num)
+
+
+def _quotient(num: np.ndarray, den: np.ndarray, background: np.ndarray, dtype: Any,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """``num / den`` as ``dtype``, and ``background`` where no window reached (``den``
+    is 0). Into ``out`` when every pixel is covered (no mask), which may be ``num``."""
     covered = den > 0
-    if covered.all():  # every pixel under some window (no mask): divide in place
-        return np.divide(num, den, out=num).astype(dtype, copy=False)
-    out = np.empty_like(num)
-    out[:] = background[:, None, None]
-    np.divide(num, den, out=out, where=covered[None])
-    return out.astype(dtype, copy=False)
+    if covered.all():
+        return np.divide(num, den, out=out).astype(dtype, copy=False)
+    filled = np.empty_like(num)
+    filled[:] = background[:, None, None]
+    np.divide(num, den, out=filled, where=covered[None])
+    return filled.astype(dtype, copy=False)
 
 
 def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, window: int,

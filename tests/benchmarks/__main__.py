@@ -68,6 +68,7 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
     shared machine's speed moves by 10-20 % within minutes, and turns expose each to
     it alike.
     """
+    from tests.benchmarks.model_only import window_batches
     from tests.benchmarks.monai_compare import monai_script_seconds, monai_seconds, wfe_run
     from wfe.grid import WindowGrid
     from wfe.io import open_image
@@ -107,8 +108,7 @@ def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow
             model.reuse_buffers(size)  # the heap setting the run's segment stage makes
             # Model only: the same windows in the same batches, from the same image,
             # already decoded in memory.
-            batches = [np.stack([pixels[:, y:y + 512, x:x + 512] for y, x in kept[i:i + size]])
-                       for i in range(0, len(kept), size)]
+            batches = window_batches(pixels, kept, size)
         model_times.append(_seconds(model.predict, batches))
         if not masked:
             fresh_times.append(_fresh_model_seconds(slide, size, seg["channels_last"]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from wfe.heap import fix_heap_thresholds, use_huge_pages
 
@@ -21,11 +22,18 @@ ROOT = Path(__file__).resolve().parents[2]
 WINDOW, OVERLAP = 512, 64
 
 
+def window_batches(pixels: Any, starts: list[tuple[int, int]], size: int) -> list[Any]:
+    """The windows at ``starts`` cut from ``pixels`` (c, y, x), stacked in batches of
+    ``size``, in that order: what a run hands the model."""
+    import numpy as np
+
+    return [np.stack([pixels[:, y:y + WINDOW, x:x + WINDOW] for y, x in starts[i:i + size]])
+            for i in range(0, len(starts), size)]
+
+
 def main(slide: Path, batch: int, channels_last: bool) -> float:
     use_huge_pages()
     fix_heap_thresholds()
-    import numpy as np
-
     from wfe.grid import WindowGrid
     from wfe.io import open_image
     from wfe.plugins import load_registry
@@ -38,9 +46,7 @@ def main(slide: Path, batch: int, channels_last: bool) -> float:
     model.reuse_buffers(batch)
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
     grid = WindowGrid(*pixels.shape[1:], WINDOW, OVERLAP)
-    kept = [(y, x) for y in grid.ys for x in grid.xs]
-    batches = [np.stack([pixels[:, y:y + WINDOW, x:x + WINDOW] for y, x in kept[i:i + batch]])
-               for i in range(0, len(kept), batch)]
+    batches = window_batches(pixels, [(y, x) for y in grid.ys for x in grid.xs], batch)
     start = time.perf_counter()
     for b in batches:
         model.predict(b)
