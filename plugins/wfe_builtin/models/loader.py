@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from wfe.collector import collection_paused
 from wfe.errors import InputError, WfeError
 from wfe.heap import reuse_blocks_up_to
 from wfe.plugins import Registry
@@ -305,7 +306,11 @@ def load_model(weights: Path, device: str, precision: str, registry: Registry, *
                          "check the model path (the .safetensors beside its card)")
     card = load_card(weights)
     builder = registry.architecture(card.architecture).target
-    # Built on the torch thread, as every call of it will be (its warm-up and layout
-    # timing included): one OpenMP team per process.
-    return on_torch_thread(_load, weights, weights.stat().st_mtime, resolve_device(device),
-                           precision, builder, channels_last, compile)
+    # The first load imports torch and the architecture's library: without the
+    # collector's full passes over what they create (wfe.collector).
+    with collection_paused():
+        # Built on the torch thread, as every call of it will be (its warm-up and
+        # layout timing included): one OpenMP team per process.
+        return on_torch_thread(_load, weights, weights.stat().st_mtime,
+                               resolve_device(device), precision, builder, channels_last,
+                               compile)
