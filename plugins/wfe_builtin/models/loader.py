@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -306,9 +307,12 @@ def load_model(weights: Path, device: str, precision: str, registry: Registry, *
                          "check the model path (the .safetensors beside its card)")
     card = load_card(weights)
     builder = registry.architecture(card.architecture).target
-    # The first load imports torch and the architecture's library: without the
-    # collector's full passes over what they create (wfe.collector).
-    with collection_paused():
+    # The process's first load imports torch and the architecture's library: without
+    # the collector's full passes over what they create (wfe.collector). Only the
+    # first: freezing again at a later input would keep any reference cycles the
+    # inputs before it left for the collector.
+    first = _load.cache_info().currsize == 0
+    with collection_paused() if first else nullcontext():
         # Built on the torch thread, as every call of it will be (its warm-up and
         # layout timing included): one OpenMP team per process.
         return on_torch_thread(_load, weights, weights.stat().st_mtime,
