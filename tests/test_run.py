@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
 
+import dask
 import pytest
 import zarr
 from PIL import Image
@@ -163,3 +165,23 @@ def test_each_window_runs_once_for_all_outputs(sample_slide, tmp_path, registry,
     summary = run_input(workflow, sample_slide, tmp_path / "slide", registry, device="cpu")
     assert len(summary["outputs"]) == 2
     assert sum(seen) == summary["info"]["seg"]["windows"] > 0
+
+
+def test_rechunks_are_planned_as_tasks(sample_slide, tmp_path, registry, monkeypatch):
+    """Every rechunk a run builds is planned for the engine's thread pool, without
+    dask looking for a distributed client (which would import distributed)."""
+    from wfe.runner import run_input
+    from wfe.workflow import load_workflow
+
+    dask_rechunk = importlib.import_module("dask.array.rechunk")  # the module, not the function
+    methods = []
+    original = dask_rechunk._choose_rechunk_method
+
+    def recording(*args, **kwargs):
+        methods.append(dask.config.get("array.rechunk.method", None))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dask_rechunk, "_choose_rechunk_method", recording)
+    run_input(load_workflow(DEMO, registry), sample_slide, tmp_path / "slide", registry,
+              device="cpu")
+    assert methods and set(methods) == {"tasks"}

@@ -32,22 +32,11 @@ def _abort(sinks: list[Any]) -> None:
             log.exception("could not remove the partial output of %s", sink.path)
 
 
-def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Registry, *,
-              device: str = "auto", workers: int | None = None, root: Path | None = None,
-              callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
-    """Run every stage for ``input_path``; return what run.json records for it.
-
-    Stages only build lazy artifacts; the pixels are computed once, by one
-    ``dask.compute`` over all the sinks, so shared upstream work (e.g. a
-    segmentation written both as labels and as an overlay) runs once.
-    """
-    fix_heap_thresholds()
-    ctx = StageContext(input=input_path, output=output, workflow_dir=workflow.directory,
-                       registry=registry, device=device,
-                       root=root)
+def _build(workflow: Workflow, input_path: Path, ctx: StageContext,
+           timings: dict[str, float]) -> None:
+    """Run every stage's build in order (lazy artifacts, sinks added to ``ctx``),
+    recording each one's time; on failure, remove the outputs already started."""
     artifacts: dict[tuple[str, str], Any] = {}
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     for node in workflow.stages:
         ctx.stage_id = node.id
         inputs = {name: artifacts[ref] for name, ref in node.refs.items()}
@@ -65,6 +54,28 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
         timings[f"build:{node.id}"] = round(time.perf_counter() - t, 4)
         for name, value in (outputs or {}).items():
             artifacts[(node.id, name)] = value
+
+
+def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Registry, *,
+              device: str = "auto", workers: int | None = None, root: Path | None = None,
+              callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Run every stage for ``input_path``; return what run.json records for it.
+
+    Stages only build lazy artifacts; the pixels are computed once, by one
+    ``dask.compute`` over all the sinks, so shared upstream work (e.g. a
+    segmentation written both as labels and as an overlay) runs once.
+    """
+    fix_heap_thresholds()
+    ctx = StageContext(input=input_path, output=output, workflow_dir=workflow.directory,
+                       registry=registry, device=device,
+                       root=root)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # Rechunks are planned as tasks: the graph runs on the engine's own thread pool,
+    # where a peer-to-peer plan (dask's choice when a distributed client exists) could
+    # not run; and dask need not import distributed to look for one (70 ms a process).
+    with dask.config.set({"array.rechunk.method": "tasks"}):
+        _build(workflow, input_path, ctx, timings)
     ctx.stage_id = ""
     work = [w for sink in ctx.sinks for w in sink.work]
     t = time.perf_counter()
