@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import dask
@@ -167,9 +169,21 @@ def test_each_window_runs_once_for_all_outputs(sample_slide, tmp_path, registry,
     assert sum(seen) == summary["info"]["seg"]["windows"] > 0
 
 
-def test_rechunks_are_planned_as_tasks(sample_slide, tmp_path, registry, monkeypatch):
-    """Every rechunk a run builds is planned for the engine's thread pool, without
-    dask looking for a distributed client (which would import distributed)."""
+class _RecordImports(importlib.abc.MetaPathFinder):
+    """Records attempts to import a module not yet imported (and lets them go on)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.tries = name, 0
+
+    def find_spec(self, fullname, path, target=None):
+        self.tries += fullname == self.name
+        return None
+
+
+def test_a_run_never_looks_for_a_distributed_client(sample_slide, tmp_path, registry,
+                                                    monkeypatch):
+    """Building and computing the demo (a mask computed while building, rechunks, a
+    pyramid, an overlay) neither imports distributed nor plans a rechunk for it."""
     from wfe.runner import run_input
     from wfe.workflow import load_workflow
 
@@ -182,6 +196,11 @@ def test_rechunks_are_planned_as_tasks(sample_slide, tmp_path, registry, monkeyp
         return original(*args, **kwargs)
 
     monkeypatch.setattr(dask_rechunk, "_choose_rechunk_method", recording)
+    monkeypatch.delitem(sys.modules, "distributed", raising=False)
+    monkeypatch.setattr("dask.base._DISTRIBUTED_AVAILABLE", None)
+    imports = _RecordImports("distributed")
+    monkeypatch.setattr(sys, "meta_path", [imports, *sys.meta_path])
     run_input(load_workflow(DEMO, registry), sample_slide, tmp_path / "slide", registry,
               device="cpu")
     assert methods and set(methods) == {"tasks"}
+    assert imports.tries == 0

@@ -7,10 +7,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dask
+import dask.threaded
 
 from wfe.errors import WfeError
 from wfe.heap import fix_heap_thresholds
@@ -71,10 +73,12 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
                        root=root)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # No distributed client is looked for (importing distributed: 70 ms a process).
     # Rechunks are planned as tasks: the graph runs on the engine's own thread pool,
-    # where a peer-to-peer plan (dask's choice when a distributed client exists) could
-    # not run; and dask need not import distributed to look for one (70 ms a process).
-    with dask.config.set({"array.rechunk.method": "tasks"}):
+    # where a peer-to-peer plan (dask's choice when a client exists) could not run.
+    # What a stage computes while building (a mask from a thumbnail) runs on dask's
+    # threaded scheduler, named by its function.
+    with dask.config.set({"array.rechunk.method": "tasks", "scheduler": dask.threaded.get}):
         _build(workflow, input_path, ctx, timings)
     ctx.stage_id = ""
     work = [w for sink in ctx.sinks for w in sink.work]
@@ -84,7 +88,10 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
     try:
         with ExitStack() as stack:
-            stack.enter_context(dask.config.set(scheduler="threads", pool=pool))
+            # dask's threaded scheduler on that pool, given as the function itself:
+            # named ("threads"), dask imports distributed to look for a client first.
+            stack.enter_context(dask.config.set(scheduler=partial(dask.threaded.get,
+                                                                  pool=pool)))
             for callback in callbacks:
                 stack.enter_context(callback)
             # One graph, unoptimised: optimising arrays and delayed values separately

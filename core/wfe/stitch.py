@@ -37,6 +37,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
+from dask.local import get_sync
 
 from wfe.grid import WindowGrid, blend_weights
 
@@ -145,7 +146,9 @@ class _ReadGate:
                 self._changed.wait()
             self._waiting += 1
         try:
-            return np.asarray(image[region].compute(scheduler="synchronous"))
+            # dask's synchronous scheduler given as the function: named, dask would
+            # look for a distributed client at every read.
+            return np.asarray(image[region].compute(scheduler=get_sync))
         except BaseException:
             self._update(waiting=-1)
             raise
