@@ -30,6 +30,20 @@ def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | No
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def wfe_cache(tmp_path_factory: pytest.TempPathFactory):
+    """wfe's cache folder (remembered model layouts) of the test session's own, for the
+    tests and the commands they run."""
+    path = tmp_path_factory.mktemp("wfe-cache")
+    before = os.environ.get("WFE_CACHE_DIR")
+    os.environ["WFE_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("WFE_CACHE_DIR", None)
+    else:
+        os.environ["WFE_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def sample_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2048 × 2048 synthetic slide at 0.5 µm/px (4 pyramid levels), seed 3."""

@@ -18,7 +18,8 @@ from wfe.plugins import load_registry
 from wfe.resolution import at_resolution
 from wfe.stage import StageContext
 from wfe.workflow import load_workflow
-from wfe_builtin.models.loader import fastest, load_model, resolve_device
+from wfe_builtin.models.layout import fastest
+from wfe_builtin.models.loader import load_model, resolve_device
 from wfe_builtin.stages.segment import SegmentParams, SegmentStage
 
 pytestmark = pytest.mark.slow

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,9 +16,10 @@ from wfe.heap import reuse_blocks_up_to
 from wfe.plugins import Registry
 from wfe.specs import load_target
 from wfe_builtin.models.card import ModelCard, load_card
+from wfe_builtin.models.layout import choose_channels_last, set_channels_last
 from wfe_builtin.models.torch_thread import on_torch_thread
 
-__all__ = ["LoadedModel", "fastest", "load_model", "resolve_device", "tta_passes"]
+__all__ = ["LoadedModel", "load_model", "resolve_device", "tta_passes"]
 
 # ``batch_size: auto``: at most this many windows per call (beyond it CPUs gain
 # nothing and GPUs little), using at most this share of the free memory. On a CPU a
@@ -192,52 +191,6 @@ def _window_bytes(model: LoadedModel) -> tuple[int, int]:
     return total + io, largest
 
 
-def fastest(candidates: dict[str, Callable[[], Any]], rounds: int = 2,
-            clock: Callable[[], float] = time.perf_counter) -> str:
-    """The name of the fastest of ``candidates`` (callables doing the same work).
-
-    Each runs once untimed (kernel selection, caches), then they take turns ``rounds``
-    times and each one's best time counts, so a moment of load on a shared machine
-    does not decide.
-    """
-    for run in candidates.values():
-        run()
-    best = dict.fromkeys(candidates, float("inf"))
-    for _ in range(rounds):
-        for name, run in candidates.items():
-            start = clock()
-            run()
-            best[name] = min(best[name], clock() - start)
-    return min(best, key=best.__getitem__)
-
-
-def _set_channels_last(model: LoadedModel, on: bool) -> None:
-    import torch
-
-    model.net.to(memory_format=torch.channels_last if on else torch.contiguous_format)
-    model.channels_last = on
-
-
-def _channels_last_is_faster(model: LoadedModel) -> bool:
-    """Whether the network runs faster in channels-last than in the default layout, timed
-    on a window of the card's size: it depends on the encoder and the device (on a CPU
-    it sped the demo's MobileNetV3 U-Net up 1.4×; on a GPU it slowed MobileNetV2 2.4×).
-    """
-    import torch
-
-    one = _blank_window(model.card)
-
-    def timed(on: bool) -> Callable[[], None]:
-        def run() -> None:
-            _set_channels_last(model, on)
-            model.predict(one)
-            if model.device.startswith("cuda"):
-                torch.cuda.synchronize(model.device)
-        return run
-
-    return fastest({"channels_last": timed(True), "contiguous": timed(False)}) == "channels_last"
-
-
 def tta_passes(tta: tuple[str, ...]) -> int:
     """Forward passes per window under ``tta`` (identity, 3 rotations, 2 flips)."""
     return 1 + 3 * ("rot90" in tta) + 2 * ("flip" in tta)
@@ -283,8 +236,8 @@ def _load(weights: Path, mtime: float, device: str, precision: str, builder_targ
     net.eval().to(device)
     model = LoadedModel(card, net, device, _autocast_dtype(precision, device))
     if channels_last == "auto":
-        channels_last = _channels_last_is_faster(model)
-    _set_channels_last(model, bool(channels_last))
+        channels_last = choose_channels_last(model, weights, _blank_window(card))
+    set_channels_last(model, bool(channels_last))
     # One window through the network now: kernel selection and lazy initialisation
     # happen here, once per process, instead of inside the first batch of the first
     # input; and it tells how much memory a window needs (``batch_size: auto``).
@@ -299,8 +252,8 @@ def load_model(weights: Path, device: str, precision: str, registry: Registry, *
                channels_last: bool | str = False, compile: bool = False) -> LoadedModel:
     """The model at ``weights``, built once per process (and reloaded if the file changes).
 
-    ``channels_last="auto"`` times a forward pass in each memory format on the device
-    and keeps the faster (see :func:`fastest`).
+    ``channels_last="auto"`` keeps the memory format the model runs faster in on this
+    device: timed once, then remembered (:mod:`wfe_builtin.models.layout`).
     """
     if not weights.exists():
         raise InputError(f"{weights}: model weights not found",

@@ -57,7 +57,8 @@ class SegmentParams(StageParams):
                             "memory of the device, at most 4 on a CPU, 32 on a GPU.")
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="Channels-last memory format; auto: a forward pass is timed in "
-                            "each format when the model loads and the faster is kept (it "
+                            "each format when the model first loads on a machine, and the "
+                            "faster is kept and remembered in wfe's cache folder (it "
                             "helps some encoders and devices, slows others).")
     compile: bool = Field(False, description="torch.compile the network (slow first batch).")
     probabilities_dtype: Literal["float32", "float16", "uint8"] = Field(
