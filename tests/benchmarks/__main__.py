@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,16 +187,23 @@ def _seconds(predict: Any, batches: list[np.ndarray]) -> float:
     return time.perf_counter() - t
 
 
-def memory(work: Path) -> list[tuple[str, str]]:
-    """Peak RSS of read → mask → segment → write at 1×, 4× and 16× the area."""
+def memory(work: Path, turns: int = 3) -> list[tuple[str, str]]:
+    """Peak RSS of read → mask → segment → write at 1×, 4× and 16× the area: the sizes
+    take turns ``turns`` times and each one's median counts (one run's peak moves by
+    up to 150 MiB from the next, at any size)."""
     from tests.memory_probe import peak_rss_mib
 
-    peaks = {f: peak_rss_mib(work / "memory", side) for f, side in
-             (("1×", 3072), ("4×", 6144), ("16×", 12288))}
+    sizes = {"1×": 3072, "4×": 6144, "16×": 12288}
+    runs: dict[str, list[float]] = {f: [] for f in sizes}
+    for turn in range(turns):
+        for f, side in sizes.items():
+            runs[f].append(peak_rss_mib(work / f"memory-{turn}", side))
+    peaks = {f: statistics.median(r) for f, r in runs.items()}
     base = peaks["1×"]
-    return [(f"peak RSS at {f} the area ({side} px square, 0.5 µm)",
-             f"{mib:.0f} MiB ({mib / base - 1:+.1%} vs 1×)")
-            for (f, mib), side in zip(peaks.items(), (3072, 6144, 12288), strict=True)]
+    return [(f"peak RSS at {f} the area ({side} px square, 0.5 µm), median of {turns}",
+             f"{peaks[f]:.0f} MiB ({peaks[f] / base - 1:+.1%} vs 1×; runs: "
+             + " · ".join(f"{m:.0f}" for m in runs[f]) + ")")
+            for f, side in sizes.items()]
 
 
 def model_memory(work: Path, workflow: Path) -> list[tuple[str, str]]:
