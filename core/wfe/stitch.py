@@ -213,14 +213,8 @@ def _blend_into(box: Box, background: np.ndarray, dtype: Any, own: Part,
     ``box``: they are not changed.
     """
     num, den, (oy, ox) = own
-    extent = (oy, oy + den.shape[0], ox, ox + den.shape[1])
-    for pnum, pden, origin in incoming:  # strips are cut to the chunk: inside ``src``
-        hit = _overlap(extent, origin, pden.shape)
-        if hit is None:
-            continue
-        part, at = hit
-        num[(slice(None), *at)] += pnum[(slice(None), *part)]
-        den[at] += pden[part]
+    # The strips are cut to the chunk: they land inside ``src``.
+    _add_parts(num, den, (oy, oy + den.shape[0], ox, ox + den.shape[1]), incoming)
     return _quotient(num[(slice(None), *src)], den[src], background, dtype)
 
 
@@ -234,14 +228,20 @@ def _assemble(box: Box, background: np.ndarray, dtype: Any, *parts: Part) -> np.
     y0, y1, x0, x1 = box
     num = np.zeros((background.shape[0], y1 - y0, x1 - x0), np.float32)
     den = np.zeros((y1 - y0, x1 - x0), np.float32)
+    _add_parts(num, den, box, parts)
+    return _quotient(num, den, background, dtype, out=num)
+
+
+def _add_parts(num: np.ndarray, den: np.ndarray, extent: Box, parts: tuple[Part, ...]) -> None:
+    """Add each part's sums into ``num`` / ``den`` (which cover ``extent``) where it
+    overlaps them."""
     for pnum, pden, origin in parts:
-        hit = _overlap(box, origin, pden.shape)
+        hit = _overlap(extent, origin, pden.shape)
         if hit is None:
             continue
         src, dst = hit
         num[(slice(None), *dst)] += pnum[(slice(None), *src)]
         den[dst] += pden[src]
-    return _quotient(num, den, background, dtype, out=num)
 
 
 def _quotient(num: np.ndarray, den: np.ndarray, background: np.ndarray, dtype: Any,
