@@ -93,8 +93,13 @@ def _prepare(work: Path) -> tuple[Path, dict[str, str]]:
     return work / "wf.yaml", env
 
 
-def peak_rss_mib(work: Path, side: int, seed: int = 1) -> float:
-    """Peak RSS (MiB, from wait4's rusage) of one ``wfe run`` on a ``side × side`` slide."""
+def peak_rss_mib(work: Path, side: int, seed: int = 1, cache: Path | None = None) -> float:
+    """Peak RSS (MiB, from wait4's rusage) of one ``wfe run`` on a ``side × side`` slide,
+    with wfe's cache folder ``cache`` (default: one of this size's own under ``work``).
+
+    A run touches ahead the heap that the last run of its workflow left
+    (:mod:`wfe.warm_start`): that must be a run of the same size, never a larger one.
+    """
     from wfe_builtin.synthetic import SyntheticSlide, write_slide
 
     workflow, env = _prepare(work)
@@ -102,7 +107,8 @@ def peak_rss_mib(work: Path, side: int, seed: int = 1) -> float:
     out = work / f"out-{side}"
     cmd = [sys.executable, "-m", "wfe", "run", str(workflow), "-i", str(slide), "-o", str(out),
            "--workers", "2"]
-    peak = peak_rss_kib(cmd, env)
+    cache = cache or work / f"cache-{side}"
+    peak = peak_rss_kib(cmd, {**env, "WFE_CACHE_DIR": str(cache)})
     record = next(iter(json.loads((out / "run.json").read_text())["inputs"].values()))
     if record["status"] != "done":
         raise RuntimeError(record["error"])

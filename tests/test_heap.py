@@ -196,3 +196,28 @@ def test_the_command_asks_for_huge_pages_before_torch_is_imported(monkeypatch):
             "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)")
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     assert _fresh_process(code).split()[-2:] == ["1", "False"]
+
+
+TOUCHED = """
+import resource, sys
+import numpy as np
+from numpy._core.multiarray import _set_madvise_hugepage
+from wfe.heap import fix_heap_thresholds, heap_usage, touch_heap
+
+_set_madvise_hugepage(False)  # 4 KiB pages: faults count pages
+assert fix_heap_thresholds()
+if sys.argv[1] == "touched":
+    touch_heap(256 << 20).join()
+    assert heap_usage().free >= 256 << 20  # freed into the heap, not back to the system
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+blocks = [np.ones(40 << 17) for _ in range(5)]  # 200 MiB of an input's sums and activations
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@GLIBC_ONLY
+def test_a_touched_heap_serves_later_blocks_without_faulting_them_in():
+    # Touched ahead (as a run does while it starts up): the blocks' pages are in memory ...
+    assert int(_fresh_process(TOUCHED, "touched")) < 500
+    # ... where otherwise each of their 51,200 pages is faulted in and zeroed as it is used.
+    assert int(_fresh_process(TOUCHED, "untouched")) > 40_000

@@ -15,10 +15,12 @@ from typing import Any
 from rich.console import Console
 
 from wfe.errors import WfeError
+from wfe.heap import fix_heap_thresholds
 from wfe.plugins import Registry
 from wfe.progress import DaskProgress, make_progress
 from wfe.runner import run_input
 from wfe.stage import InputFields
+from wfe.warm_start import heap_key, remember_heap, touch_remembered_heap
 from wfe.workflow import Workflow
 
 __all__ = ["BatchResult", "expand_inputs", "output_root", "run_batch"]
@@ -91,6 +93,12 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    # Before the progress display's thread starts: the heap settings count for threads
+    # that have not allocated yet, and the heap is touched on a thread of its own.
+    fix_heap_thresholds()
+    key = heap_key(workflow, device, workers)
+    touch_remembered_heap(key)
+    first = True
     result = BatchResult(root=root)
     run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
     try:
@@ -110,6 +118,9 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                                         workers=workers, root=root,
                                         callbacks=(DaskProgress(progress, task),))
                     record.update(status="done", **summary)
+                    if first:
+                        remember_heap(key)
+                        first = False
                     log.info("done %s in %.1f s", path, time.perf_counter() - t0)
                 except WfeError as exc:
                     record.update(status="failed", error=exc.line())

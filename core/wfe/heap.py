@@ -30,6 +30,10 @@ is set before its first allocation (:func:`use_huge_pages`, which ``wfe`` calls 
 thing): the first input of ``wfe run`` over a 4096² image took 2.65-2.71 s to compute
 instead of 2.73-2.85 s (four runs each, in turns), with 13,000 page faults instead of
 120,000-126,000, and the whole command 0.3 s less.
+
+Touching ahead. What the first input needs can be faulted in before it runs, on a
+core the start-up leaves idle (:func:`touch_heap`; :mod:`wfe.warm_start` decides how
+much): the memory stays in the heap, and the first input's blocks are carved from it.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import Any
+import threading
+from typing import Any, NamedTuple
 
-__all__ = ["fix_heap_thresholds", "reuse_blocks_up_to", "use_huge_pages"]
+__all__ = ["fix_heap_thresholds", "HeapUsage", "heap_usage", "keeps_freed_memory", "reuse_blocks_up_to",
+           "touch_heap", "use_huge_pages"]
 
 #: ``mallopt`` parameters of glibc.
 _M_TRIM_THRESHOLD = -1
@@ -55,13 +61,29 @@ _mmap_threshold = 0
 _trim_threshold = 0
 
 
-def _mallopt() -> Any:
-    """glibc's ``mallopt``, or None off Linux or without it."""
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33 and later)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _libc() -> Any:
+    """The C library the process runs on (glibc on Linux), or None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or None off Linux or without it."""
+    try:
+        mallopt = _libc().mallopt
+    except AttributeError:
         return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return mallopt
@@ -130,3 +152,73 @@ def use_huge_pages() -> None:
     torch.
     """
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+def keeps_freed_memory() -> bool:
+    """Whether freed memory now stays in the process (a model raised the thresholds, or
+    :func:`touch_heap` did) rather than going back to the system."""
+    return _trim_threshold > 0
+
+
+class HeapUsage(NamedTuple):
+    """The process's heap (glibc's main arena, which every thread allocates from once
+    :func:`fix_heap_thresholds` ran), in bytes."""
+
+    size: int
+    free: int
+
+
+def heap_usage() -> HeapUsage | None:
+    """The process's heap now; None off glibc 2.33+."""
+    try:
+        mallinfo2 = _libc().mallinfo2
+    except AttributeError:
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return HeapUsage(int(info.arena), int(info.fordblks))
+
+
+def touch_heap(nbytes: int) -> threading.Thread | None:
+    """Grow the heap by ``nbytes`` and touch it on a thread of its own, then free it into
+    the heap, where it stays for the process's later blocks; the thread, or None where
+    it cannot be done (off glibc, heap thresholds not fixed, no memory).
+
+    Memory a process touches for the first time is faulted in and zeroed by the
+    kernel, and on a virtual machine first backed by the host: there, 800 MB took
+    0.06 s to fill in one process and 1.1-1.7 s in the next. Touched while the process
+    starts up on one core (importing torch), it costs the run nothing; touched by the
+    first input's forward passes and chunk sums, it costs them that time. Call it
+    after :func:`fix_heap_thresholds` and before starting other threads: the block is
+    taken from the heap with the mmap threshold raised for that one call.
+    """
+    libc = _libc()
+    mallopt = _mallopt()
+    if libc is None or mallopt is None or not _mmap_threshold or nbytes <= 0:
+        return None
+    global _trim_threshold
+    keep = min(nbytes + _mmap_threshold, _MAX_THRESHOLD)
+    if keep > _trim_threshold and mallopt(_M_TRIM_THRESHOLD, keep):
+        _trim_threshold = keep
+    if _trim_threshold < nbytes:
+        return None  # it would go straight back to the system
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # One block from the heap (above the mmap threshold it would be mapped, and unmapped
+    # when freed): freed, it is split for whatever the run allocates next.
+    mallopt(_M_MMAP_THRESHOLD, min(nbytes + (1 << 20), _MAX_THRESHOLD))
+    block = libc.malloc(nbytes)
+    mallopt(_M_MMAP_THRESHOLD, _mmap_threshold)
+    if not block:
+        return None
+
+    def touch() -> None:
+        step = 16 << 20
+        for offset in range(0, nbytes, step):  # ctypes releases the GIL in each call
+            ctypes.memset(block + offset, 0, min(step, nbytes - offset))
+        libc.free(block)
+
+    thread = threading.Thread(target=touch, name="wfe-touch-heap", daemon=True)
+    thread.start()
+    return thread

@@ -15,31 +15,21 @@ that followed its layout switches cost 0.2-0.35 s of every ``wfe run``. Delete t
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "channels_last_is_faster", "choose_channels_last", "fastest",
+from wfe.cache import cache_dir, recall, remember
+
+__all__ = ["channels_last_is_faster", "choose_channels_last", "fastest",
            "set_channels_last"]
 
 log = logging.getLogger("wfe")
 
 LAYOUTS = "layouts.json"
-
-
-def cache_dir() -> Path:
-    """wfe's cache folder: ``WFE_CACHE_DIR``, else ``$XDG_CACHE_HOME/wfe``, else
-    ``~/.cache/wfe``."""
-    if os.environ.get("WFE_CACHE_DIR"):
-        return Path(os.environ["WFE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "wfe"
 
 
 def fastest(candidates: dict[str, Callable[[], Any]], rounds: int = 2,
@@ -114,40 +104,16 @@ def layout_key(model: Any, weights: Path) -> str:
                               torch.__version__, torch.get_num_threads())))
 
 
-def _read(path: Path) -> dict[str, bool]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _store(path: Path, key: str, value: bool) -> None:
-    """Add ``key`` to the layouts file, written whole under a temporary name and renamed:
-    a reader never sees half a file; of two processes storing at once, one's entry may
-    be lost (and measured again later)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**_read(path), key: value}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("could not remember the layout in %s: %s", path, exc)
-
-
 def choose_channels_last(model: Any, weights: Path, window: Any) -> bool:
     """Whether ``model`` (loaded from ``weights``) should run channels-last here: as
     remembered for this model and machine, else timed now and remembered."""
-    path = cache_dir() / LAYOUTS
     key = layout_key(model, weights)
-    remembered = _read(path).get(key)
+    remembered = recall(LAYOUTS).get(key)
     if isinstance(remembered, bool):
         log.info("%s: channels-last %s (remembered in %s)", weights.name,
-                 "on" if remembered else "off", path)
+                 "on" if remembered else "off", cache_dir() / LAYOUTS)
         return remembered
     faster = channels_last_is_faster(model, window)
     log.info("%s: channels-last %s (timed at load)", weights.name, "on" if faster else "off")
-    _store(path, key, faster)
+    remember(LAYOUTS, key, faster)
     return faster
