@@ -60,3 +60,23 @@ def test_the_heap_is_remembered_per_workflow_parameters_device_and_workers(regis
     assert key != heap_key(load_workflow(demo, registry, ["seg.overlap=32"]), "auto", None)
     assert key != heap_key(load_workflow(demo, registry), "cpu", None)
     assert key != heap_key(load_workflow(demo, registry), "auto", 7)
+
+
+def test_only_a_process_first_run_touches_ahead_and_remembers(monkeypatch, tmp_path):
+    from wfe import warm_start
+    from wfe.heap import HeapUsage
+
+    monkeypatch.setenv("WFE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(warm_start, "_done", set())
+    touched: list[int] = []
+    monkeypatch.setattr(warm_start, "touch_heap", lambda n: touched.append(n))
+    warm_start.remember(HEAPS, "k", 100 << 20)
+    warm_start.touch_remembered_heap("k")
+    warm_start.touch_remembered_heap("k")  # a second run_batch in the same process
+    assert touched == [100 << 20]
+    monkeypatch.setattr(warm_start, "keeps_freed_memory", lambda: True)
+    monkeypatch.setattr(warm_start, "heap_usage", lambda: HeapUsage(1 << 30, 300 << 20))
+    warm_start.remember_heap("k")
+    monkeypatch.setattr(warm_start, "heap_usage", lambda: HeapUsage(1 << 30, 5 << 20))
+    warm_start.remember_heap("k")  # a later input: its heap was warm, and is not recorded
+    assert warm_start.recall(HEAPS) == {"k": 300 << 20}

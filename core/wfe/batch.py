@@ -98,7 +98,6 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     fix_heap_thresholds()
     key = heap_key(workflow, device, workers)
     touch_remembered_heap(key)
-    first = True
     result = BatchResult(root=root)
     run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
     try:
@@ -118,9 +117,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                                         workers=workers, root=root,
                                         callbacks=(DaskProgress(progress, task),))
                     record.update(status="done", **summary)
-                    if first:
-                        remember_heap(key)
-                        first = False
+                    remember_heap(key)  # after the process's first input only
                     log.info("done %s in %.1f s", path, time.perf_counter() - t0)
                 except WfeError as exc:
                     record.update(status="failed", error=exc.line())

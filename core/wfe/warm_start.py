@@ -35,6 +35,11 @@ HEAPS = "heaps.json"
 #: At most this share of the memory free now is touched ahead.
 _SHARE_OF_FREE = 0.5
 
+#: What this process has done: touched ahead, remembered. Only its first input touches
+#: memory for the first time; a later run in the same process (the Python API) finds
+#: the heap as the one before left it.
+_done: set[str] = set()
+
 
 def heap_key(workflow: Workflow, device: str, workers: int | None) -> str:
     """What the heap of a first input depends on, as far as the run knows before it
@@ -53,12 +58,13 @@ def _free_memory() -> int:
 
 
 def touch_remembered_heap(key: str) -> threading.Thread | None:
-    """Start touching what the last run under ``key`` left in its heap after its first
-    input, less what the heap holds now (at most half the free memory); the thread
-    doing it, or None when nothing is remembered, it is turned off or cannot be done.
-    Call before starting threads (see :func:`wfe.heap.touch_heap`)."""
-    if os.environ.get("WFE_TOUCH_HEAP", "1") == "0":
+    """Start touching as much heap as the last run under ``key`` had free after its
+    first input (at most half the memory free now); the thread doing it, or None when
+    nothing is remembered, it is turned off or cannot be done, or this process has
+    been here before. Call before starting threads (see :func:`wfe.heap.touch_heap`)."""
+    if os.environ.get("WFE_TOUCH_HEAP", "1") == "0" or "touched" in _done:
         return None
+    _done.add("touched")
     remembered = recall(HEAPS).get(key)
     if not isinstance(remembered, int):
         return None
@@ -72,9 +78,12 @@ def touch_remembered_heap(key: str) -> threading.Thread | None:
 
 
 def remember_heap(key: str) -> None:
-    """Remember the heap's size now, after a process's first input, under ``key``;
-    nothing when freed memory goes back to the system (no stage raised the thresholds)
-    or the size cannot be read."""
+    """Remember the heap's free memory now, after the process's first input, under
+    ``key``; nothing after a later input (its heap was warm), when freed memory goes
+    back to the system (no stage raised the thresholds) or the size cannot be read."""
+    if "remembered" in _done:
+        return
+    _done.add("remembered")
     usage = heap_usage()
     if usage is not None and keeps_freed_memory():
         remember(HEAPS, key, usage.free)
