@@ -90,10 +90,7 @@ def run(
 ) -> None:
     """Run a workflow on its inputs; results go to one folder per input."""
     from wfe.batch import expand_inputs, run_batch
-    from wfe.heap import fix_heap_thresholds
     from wfe.workflow import load_workflow
-
-    fix_heap_thresholds()  # before any thread starts: the arena setting counts only then
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(WfeError(f"--device {device!r} is not one of auto, cpu, cuda"), EXIT_USAGE)

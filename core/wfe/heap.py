@@ -44,8 +44,8 @@ import sys
 import threading
 from typing import Any, NamedTuple
 
-__all__ = ["fix_heap_thresholds", "HeapUsage", "heap_usage", "keeps_freed_memory", "reuse_blocks_up_to",
-           "touch_heap", "use_huge_pages"]
+__all__ = ["HeapUsage", "fix_heap_thresholds", "heap_usage", "keeps_freed_memory",
+           "reuse_blocks_up_to", "touch_heap", "use_huge_pages"]
 
 #: ``mallopt`` parameters of glibc.
 _M_TRIM_THRESHOLD = -1
@@ -124,7 +124,7 @@ def reuse_blocks_up_to(nbytes: int, working_set: int) -> bool:
     raises them: a run that loads no model keeps the lower ones that keep tiling's
     memory flat.
     """
-    global _mmap_threshold, _trim_threshold
+    global _mmap_threshold
     mallopt = _mallopt()
     if mallopt is None:
         return False
@@ -135,12 +135,17 @@ def reuse_blocks_up_to(nbytes: int, working_set: int) -> bool:
         ok = bool(mallopt(_M_MMAP_THRESHOLD, nbytes))
         if ok:
             _mmap_threshold = nbytes
-    trim = min(max(working_set, 2 * _mmap_threshold), _MAX_THRESHOLD)
-    if ok and trim > _trim_threshold:
-        ok = bool(mallopt(_M_TRIM_THRESHOLD, trim))
-        if ok:
-            _trim_threshold = trim
-    return ok
+    return ok and _keep_freed_up_to(max(working_set, 2 * _mmap_threshold), mallopt)
+
+
+def _keep_freed_up_to(nbytes: int, mallopt: Any) -> bool:
+    """Raise glibc's trim threshold to ``nbytes`` (never lower it): up to that much free
+    memory at the top of the heap stays in the process; whether it is that high now."""
+    global _trim_threshold
+    nbytes = min(nbytes, _MAX_THRESHOLD)
+    if nbytes > _trim_threshold and mallopt(_M_TRIM_THRESHOLD, nbytes):
+        _trim_threshold = nbytes
+    return _trim_threshold >= nbytes
 
 
 def use_huge_pages() -> None:
@@ -196,11 +201,7 @@ def touch_heap(nbytes: int) -> threading.Thread | None:
     mallopt = _mallopt()
     if libc is None or mallopt is None or not _mmap_threshold or nbytes <= 0:
         return None
-    global _trim_threshold
-    keep = min(nbytes + _mmap_threshold, _MAX_THRESHOLD)
-    if keep > _trim_threshold and mallopt(_M_TRIM_THRESHOLD, keep):
-        _trim_threshold = keep
-    if _trim_threshold < nbytes:
+    if not _keep_freed_up_to(nbytes + _mmap_threshold, mallopt):
         return None  # it would go straight back to the system
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]

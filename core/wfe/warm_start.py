@@ -4,12 +4,13 @@ A process's first input touches most of its memory for the first time: a CPU mod
 activations and each chunk's sums, several hundred MiB, which the kernel faults in and
 zeroes (and a virtual machine's host backs) while the model waits. Later inputs reuse
 that memory (:mod:`wfe.heap`) and do not pay again. So at the end of a process's first
-input the size of its heap is remembered for the workflow (``heaps.json`` in wfe's
-cache folder), and the next run of that workflow touches as much on a thread of its
-own as soon as it starts, while its main thread imports torch and loads the model on
-the other core. Only heaps that stay in the process are remembered: those of runs
-whose stages raised the heap's thresholds (a CPU model does); tiling keeps freed
-memory going back to the system, and is left alone.
+input the free part of its heap (what its transient blocks used) is remembered for the
+workflow (``heaps.json`` in wfe's cache folder), and the next run of that workflow
+touches as much on a thread of its own as soon as it starts, while its main thread
+imports torch and loads the model on the other core. Only heaps that stay in the
+process are remembered: those of runs whose stages raised the heap's thresholds (a
+CPU model does); tiling keeps freed memory going back to the system, and is left
+alone.
 
 ``WFE_TOUCH_HEAP=0`` turns it off.
 """
