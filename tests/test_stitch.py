@@ -227,3 +227,97 @@ def test_next_batch_is_prepared_while_the_model_runs():
     one_by_one = sliding_window_map(da.from_array(image, chunks=(3, 300, 300)),
                                     _toy_predict, **{**kwargs, "batch_size": 36})
     np.testing.assert_array_equal(result, one_by_one.compute(scheduler="synchronous"))
+
+
+def test_a_region_is_read_from_the_blocks_under_it():
+    """``read_region`` equals slicing, for any region of a derived array whose blocks
+    split every axis unevenly, on one thread or several, and computes only the
+    blocks under the region."""
+    from conftest import counted_chunks
+    from wfe.stitch import read_region
+
+    def pixels(c0, c1, y0, y1, x0, x1):
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        return np.stack([(yy * 7 + xx * 3 + c) % 251 for c in range(c0, c1)]).astype(np.uint8)
+
+    base, computed = counted_chunks(pixels, np.uint8, ((2, 1), (100,) * 7 + (1,),
+                                                        (128,) * 7 + (17,)))
+    image = (base + 1)[:, 5:, 7:]
+    expected = image.compute()
+    rng = np.random.default_rng(0)
+    for workers in (1, 2):
+        for _ in range(40):
+            y0, x0 = rng.integers(0, 690), rng.integers(0, 900)
+            y1, x1 = rng.integers(y0 + 1, 697), rng.integers(x0 + 1, 907)
+            c0 = rng.integers(0, 3)
+            region = (slice(c0, 3), slice(y0, y1), slice(x0, x1))
+            np.testing.assert_array_equal(read_region(image, region, workers), expected[region])
+    computed.clear()
+    read_region(image, (slice(None), slice(0, 90), slice(0, 100)))
+    assert sorted(computed) == [(0, 0)], computed  # one block row and column, both planes
+
+
+def test_the_first_region_is_read_alone_on_every_core():
+    """Nothing can run before the first region is read: it is read with every core's
+    help and no other read competes with it; later reads start only once it ends."""
+    import threading
+    import time
+
+    import wfe.stitch as stitch
+    from conftest import counted_chunks
+
+    def pixels(c0, c1, y0, y1, x0, x1):
+        time.sleep(0.01)
+        return np.full((c1 - c0, y1 - y0, x1 - x0), 100, np.uint8)
+
+    image, _ = counted_chunks(pixels, np.uint8, ((1,), (32,) * 8, (32,) * 8))
+    spans, lock = [], threading.Lock()
+    read = stitch.read_region
+
+    def timed_read(img, region, workers=1):
+        start = time.perf_counter()
+        with lock:
+            index = len(spans)
+            spans.append([start, None, workers])
+        try:
+            return read(img, region, workers)
+        finally:
+            spans[index][1] = time.perf_counter()
+
+    stitch.read_region = timed_read
+    try:
+        out = sliding_window_map(image, _toy_predict_one, out_channels=2, window=48,
+                                 overlap=16, chunk=96, batch_size=64)
+        out.compute(scheduler="threads", num_workers=4)
+    finally:
+        stitch.read_region = read
+    _, first_end, first_workers = spans[0]
+    assert first_workers == stitch._cores() and all(w == 1 for _, _, w in spans[1:])
+    assert all(start >= first_end for start, _, _ in spans[1:]), spans
+    assert len(spans) > 4
+
+
+def _toy_predict_one(batch: np.ndarray) -> np.ndarray:
+    return _toy_predict(np.repeat(batch, 3, axis=1))
+
+
+def test_labels_come_from_the_sums_without_dividing():
+    """The class with the largest weighted sum is the most probable blended class, and
+    pixels no kept window reaches get the background's class."""
+    from wfe.stitch import blend_block, sliding_window_sums
+    from wfe_builtin.stages.segment import _argmax, _labels_from_sums
+
+    rng = np.random.default_rng(2)
+    pixels = da.from_array(rng.integers(0, 255, (3, 301, 433), np.uint8), chunks=(3, 97, 120))
+
+    def three(batch):
+        two = _toy_predict(batch)
+        return np.concatenate([two, np.abs(two[:, :1] - two[:, 1:])], axis=1)
+
+    background = np.array([0.0, 0.0, 1.0], np.float32)
+    sums = sliding_window_sums(pixels, three, out_channels=3, window=64, overlap=16, chunk=100,
+                               keep=lambda y, x: x < 200).compute()
+    assert sums.shape == (4, 301, 433) and (sums[3, :, -100:] == 0).all()
+    labels = _labels_from_sums(sums, background)
+    np.testing.assert_array_equal(labels, _argmax(blend_block(sums, background)))
+    assert (labels[0, :, -100:] == 2).all() and (labels[0, :, :200] != 2).any()
