@@ -171,11 +171,12 @@ class SegmentStage(Stage):
 
         base_level, sums = passes[0]
         fused = blended(sums, background)
-        # One scale: labels straight from the sums, so a run that keeps only labels never
-        # divides (a third of the engine's own work per chunk after reading).
-        labels = sums.map_blocks(_labels_from_sums, background, dtype=np.uint8,
-                                 chunks=((1,), *sums.chunks[1:]))
-        if len(passes) > 1:
+        if len(passes) == 1:
+            # Labels straight from the sums, so a run that keeps only labels never
+            # divides (a third of the engine's own work per chunk after reading).
+            labels = sums.map_blocks(_labels_from_sums, background, dtype=np.uint8,
+                                     chunks=((1,), *sums.chunks[1:]))
+        else:
             shape = fused.shape[1:]
             ups = [fused]
             for level, level_sums in passes[1:]:
