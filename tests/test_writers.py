@@ -252,7 +252,8 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
     assert run_cli("run", workflow, "-i", slide, "-o", tmp_path / "out").code == 0
     target = tmp_path / "out" / "small" / "shapes.geojson"
     target.write_text("kept")
-    result = run_cli("run", workflow, "-i", slide, "-o", tmp_path / "out")
+    # Run again (not resumed): an output someone changed since wfe wrote it is kept.
+    result = run_cli("run", workflow, "-i", slide, "-o", tmp_path / "out", "--no-resume")
     assert result.code == 1 and "exists already" in _line(result.stderr)
     assert target.read_text() == "kept"
     result = run_cli("run", workflow, "-i", slide, "-o", tmp_path / "out",

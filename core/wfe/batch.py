@@ -6,9 +6,11 @@ import glob
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from rich.console import Console
 
 from wfe.errors import WfeError
 from wfe.heap import fix_heap_thresholds
+from wfe.ledger import Ledger, fingerprint, stale_partials
 from wfe.plugins import Registry
 from wfe.progress import DaskProgress, make_progress
 from wfe.runner import run_input
@@ -38,6 +41,11 @@ class BatchResult:
     @property
     def failed(self) -> list[str]:
         return [k for k, r in self.records.items() if r["status"] != "done"]
+
+    @property
+    def resumed(self) -> list[str]:
+        """Inputs done in an earlier run and not run again."""
+        return [k for k, r in self.records.items() if r.get("resumed")]
 
 
 def expand_inputs(patterns: list[str], base: Path) -> list[Path]:
@@ -78,11 +86,33 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _remove_partials(folder: Path) -> None:
+    """Remove the temporary outputs a killed process left under ``folder``."""
+    for path in stale_partials(folder):
+        log.info("removing %s, left by a run that was stopped", path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
               output_template: str, device: str = "auto", workers: int | None = None,
-              debug: bool = False, console: Console | None = None) -> BatchResult:
-    """Run ``workflow`` on each input, recording each in ``run.json`` as it finishes."""
+              debug: bool = False, console: Console | None = None,
+              resume: bool = True) -> BatchResult:
+    """Run ``workflow`` on each input, recording each in ``run.json`` as it finishes.
+
+    With ``resume``, an input the output root's ledger (:mod:`wfe.ledger`) records as
+    done with the same workflow, input and outputs is not run again; its record is
+    carried over, marked ``resumed``. Either way, outputs an earlier run wrote for an
+    input, unchanged since, may be replaced when it runs again.
+    """
     console = console or Console(stderr=True)
+    try:
+        _input_output(output_template, Path("slide.tiff"))
+    except (KeyError, AttributeError, IndexError, ValueError) as exc:
+        raise WfeError(f"output {output_template!r} names an unknown field ({exc})",
+                       "use {input.stem} or {input.name} in output:") from None
     root = output_root(output_template)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -93,6 +123,12 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    try:
+        ledger = Ledger(root)
+    except BaseException:
+        log.removeHandler(handler)
+        handler.close()
+        raise
     # Before the progress display's thread starts: the heap settings count for threads
     # that have not allocated yet, and the heap is touched on a thread of its own.
     fix_heap_thresholds()
@@ -104,18 +140,35 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
         with make_progress(console) as progress:
             overall = progress.add_task("inputs", total=len(inputs))
             for path in inputs:
+                out = _input_output(output_template, path)
+                entry_key = str(path.resolve())
+                print_ = fingerprint(workflow, path, out, device)
+                earlier = ledger.entry(entry_key)
+                if resume and earlier is not None and earlier.done_with(print_):
+                    result.records[str(path)] = {**earlier.record, "resumed": True}
+                    log.info("skip %s: done by an earlier run of this workflow, and "
+                             "unchanged since", path)
+                    progress.advance(overall)
+                    _write_json(root / "run.json", run_json)
+                    continue
                 record: dict[str, Any] = {"status": "running", "output": None, "error": None}
                 result.records[str(path)] = record
                 t0 = time.perf_counter()
                 log.info("start %s", path)
                 task = progress.add_task(path.name, total=None)
+                replaceable = earlier.replaceable() if earlier is not None else set()
+                if (earlier is not None and earlier.status == "running"
+                        and not earlier.process_alive()):
+                    _remove_partials(out)
+                ledger.start(entry_key, print_)
                 try:
-                    out = _input_output(output_template, path)
                     record["output"] = str(out)
                     out.mkdir(parents=True, exist_ok=True)
                     summary = run_input(workflow, path, out, registry, device=device,
                                         workers=workers, root=root,
-                                        callbacks=(DaskProgress(progress, task),))
+                                        callbacks=(DaskProgress(progress, task),),
+                                        replaceable=replaceable,
+                                        committed=partial(ledger.committed, entry_key))
                     record.update(status="done", **summary)
                     remember_heap(key)  # after the process's first input only
                     log.info("done %s in %.1f s", path, time.perf_counter() - t0)
@@ -135,6 +188,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                     if debug:
                         console.print(traceback.format_exc())
                 record["seconds"] = round(time.perf_counter() - t0, 3)
+                ledger.finish(entry_key, record["status"], record)
                 progress.update(task, visible=False)
                 progress.advance(overall)
                 _write_json(root / "run.json", run_json)

@@ -86,6 +86,10 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="Override: STAGE.KEY=VALUE.")] = [],  # noqa: B006
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Worker threads (default: cores).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume",
+        help="Skip inputs an earlier run into this output root finished, with the same "
+             "workflow and input (--no-resume runs them again).")] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Run a workflow on its inputs; results go to one folder per input."""
@@ -107,12 +111,13 @@ def run(
     template = str(output / "{input.stem}") if output is not None else wf.output
     try:
         result = run_batch(wf, inputs, registry, output_template=template, device=device,
-                           workers=workers, debug=debug, console=err)
+                           workers=workers, debug=debug, console=err, resume=resume)
     except WfeError as exc:
         _fail(exc, EXIT_USAGE, debug)
     done = len(result.records) - len(result.failed)
-    out.print(f"{done} of {len(result.records)} inputs done; results in {result.root}/ "
-              f"(run.json, wfe.log)", highlight=False)
+    earlier = f" ({len(result.resumed)} by an earlier run)" if result.resumed else ""
+    out.print(f"{done} of {len(result.records)} inputs done{earlier}; results in "
+              f"{result.root}/ (run.json, wfe.log)", highlight=False)
     raise typer.Exit(EXIT_FAILED_INPUTS if result.failed else EXIT_OK)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
@@ -60,17 +61,22 @@ def _build(workflow: Workflow, input_path: Path, ctx: StageContext,
 
 def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Registry, *,
               device: str = "auto", workers: int | None = None, root: Path | None = None,
-              callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
+              callbacks: tuple[Any, ...] = (), replaceable: Collection[Path] = (),
+              committed: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Run every stage for ``input_path``; return what run.json records for it.
 
     Stages only build lazy artifacts; the pixels are computed once, by one
     ``dask.compute`` over all the sinks, so shared upstream work (e.g. a
     segmentation written both as labels and as an overlay) runs once.
+
+    ``replaceable``: existing outputs the writers may replace without ``overwrite``
+    (what an earlier run of this input wrote: :mod:`wfe.ledger`). ``committed`` is
+    told each output as it takes its final name.
     """
     fix_heap_thresholds()
     ctx = StageContext(input=input_path, output=output, workflow_dir=workflow.directory,
                        registry=registry, device=device,
-                       root=root)
+                       root=root, replaceable=frozenset(p.resolve() for p in replaceable))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # No distributed client is looked for (importing distributed: 70 ms a process).
@@ -107,6 +113,8 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     timings["compute"] = round(time.perf_counter() - t, 4)
     for sink in ctx.sinks:
         sink.finalize()
+        if committed is not None:
+            committed(sink.path)
         if sink.summary:
             ctx.info.setdefault(sink.stage, {}).update(sink.summary)
     timings["total"] = round(time.perf_counter() - t0, 4)

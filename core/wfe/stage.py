@@ -98,6 +98,14 @@ class StageContext:
     sinks: list[Sink] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None
+    #: Existing outputs that may be replaced without ``overwrite``: those an earlier run
+    #: of this input wrote and nobody has changed since (:mod:`wfe.ledger`).
+    replaceable: frozenset[Path] = frozenset()
+
+    def may_replace(self, path: Path, overwrite: bool) -> bool:
+        """Whether a writer may replace an existing ``path``: ``overwrite`` was asked
+        for, or an earlier run of this input wrote it."""
+        return overwrite or path.resolve() in self.replaceable
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the workflow, relative to the workflow file's folder."""

@@ -122,5 +122,6 @@ class WriteStage(Stage):
         options = dict(p.options)
         if background is not None:
             options["background"] = background
-        ctx.add_sink(writer.write(data, path, overwrite=p.overwrite, **options))
+        ctx.add_sink(writer.write(data, path, overwrite=ctx.may_replace(path, p.overwrite),
+                                  **options))
         return {}

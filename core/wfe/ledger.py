@@ -1,0 +1,248 @@
+"""The run ledger: what each input of an output root became, so that a rerun resumes.
+
+One SQLite file per output root (``ledger.sqlite``, beside ``run.json``) records, for
+every input: the fingerprint of the work (:func:`fingerprint`: the workflow's stages
+and parameters, the files they name, the input's size and modification time, where
+its outputs go, the device), its status (``running``, ``done``, ``failed``), the
+process that ran it, its run.json record, and each output as it was committed. Every
+change is its own transaction, so a process killed at any moment leaves the ledger as
+it was after the last one.
+
+A rerun then skips an input whose entry is ``done`` with the same fingerprint and all
+of its outputs in place, runs again every other, may replace the outputs the ledger
+says wfe wrote for that input (an input killed between two outputs, or one whose
+workflow changed), and removes the temporary outputs of an attempt whose process died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wfe.errors import WfeError
+from wfe.workflow import Workflow
+
+__all__ = ["LEDGER", "Entry", "Ledger", "fingerprint", "stale_partials"]
+
+log = logging.getLogger("wfe")
+
+LEDGER = "ledger.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inputs (
+    input TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pid INTEGER,
+    host TEXT,
+    started REAL,
+    record TEXT
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    input TEXT NOT NULL,
+    path TEXT NOT NULL,
+    stat TEXT NOT NULL,
+    PRIMARY KEY (input, path)
+);
+"""
+
+#: Temporary outputs (:class:`wfe.sink.TemporaryOutput`): ``.NAME.xxxxxxxx.partial``.
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the ledger holds for one input."""
+
+    fingerprint: str
+    status: str
+    pid: int | None
+    host: str | None
+    record: dict[str, Any]
+    #: Each output committed for this input, with its size and times when it was.
+    outputs: dict[Path, list[int]]
+
+    def done_with(self, print_: str) -> bool:
+        """Done under the fingerprint ``print_``, with every output it recorded in place."""
+        return (self.status == "done" and self.fingerprint == print_
+                and all(Path(p).exists() for p in self.record.get("outputs", [])))
+
+    def replaceable(self) -> set[Path]:
+        """Outputs wfe wrote for this input that nobody has changed since."""
+        return {p for p, stat in self.outputs.items() if _stat(p) == stat}
+
+    def process_alive(self) -> bool:
+        """Whether the process that last ran this input may still be running: one on
+        another host (which cannot be asked), or a live process here other than this one."""
+        if self.host != socket.gethostname():
+            return True
+        if self.pid is None or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class Ledger:
+    """The ledger of the output root ``root``.
+
+    A ledger that cannot be read as one (not SQLite, damaged) is moved aside with a
+    warning and a new one started: every input then runs again, as on a first run.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LEDGER
+        try:
+            self._init()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"{LEDGER}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.path, aside)
+            log.warning("ledger %s could not be read (%s); moved to %s, every input runs again",
+                        self.path, exc, aside.name)
+            self._init()
+
+    def _init(self) -> None:
+        try:
+            with self._db() as db:
+                db.executescript(_SCHEMA)
+                db.execute("SELECT count(*) FROM inputs").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "unable to open" in str(exc):
+                raise WfeError(f"cannot use the run ledger {self.path} ({exc})",
+                               "choose an output folder you can write to (-o DIR)") from None
+            raise
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one transaction: committed when the block ends."""
+        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            yield db
+
+    def entry(self, key: str) -> Entry | None:
+        """What the ledger holds for the input ``key``, or None."""
+        with self._db() as db:
+            row = db.execute("SELECT fingerprint, status, pid, host, record FROM inputs "
+                             "WHERE input = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            outputs = {Path(p): json.loads(stat) for p, stat in db.execute(
+                "SELECT path, stat FROM outputs WHERE input = ? ORDER BY path", (key,))}
+        record = json.loads(row[4]) if row[4] else {}
+        return Entry(row[0], row[1], row[2], row[3], record, outputs)
+
+    def start(self, key: str, print_: str) -> None:
+        """The input ``key`` starts, under the fingerprint ``print_``, in this process."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO inputs (input, fingerprint, status, pid, host, "
+                       "started, record) VALUES (?, ?, 'running', ?, ?, ?, NULL)",
+                       (key, print_, os.getpid(), socket.gethostname(), time.time()))
+
+    def committed(self, key: str, path: Path) -> None:
+        """An output of the input ``key`` now carries its final name at ``path`` (its size
+        and times are kept, to tell later whether someone changed it)."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO outputs (input, path, stat) VALUES (?, ?, ?)",
+                       (key, str(path.resolve()), json.dumps(_stat(path))))
+
+    def finish(self, key: str, status: str, record: dict[str, Any]) -> None:
+        """The input ``key`` ended as ``status`` (``done`` or ``failed``)."""
+        with self._db() as db:
+            db.execute("UPDATE inputs SET status = ?, record = ? WHERE input = ?",
+                       (status, json.dumps(record, default=str), key))
+
+
+def fingerprint(workflow: Workflow, input_path: Path, output: Path, device: str) -> str:
+    """What an input's results depend on, as far as wfe can see without reading pixels.
+
+    The workflow's stages and parameters; the size and modification time of every
+    file a parameter names (a model's weights and its card beside them); the input's
+    own (for a folder, such as a Zarr store or a MIRAX slide's data, its entries'
+    too); the input's output folder; the device asked for. The content of a file is
+    not read: a slide of several gigabytes would take as long to hash as to tile.
+    """
+    stages = [[node.id, node.uses, node.params.model_dump(mode="json")]
+              for node in workflow.stages]
+    named = sorted({str(p) for node in stages for p in _named_files(node[2], workflow.directory)})
+    parts = {
+        "stages": stages,
+        "files": [[p, *_stat(Path(p))] for p in named],
+        "input": [str(input_path.resolve()), *_stat(input_path)],
+        "companion": _companion(input_path),
+        "output": str(output.resolve()),
+        "device": device,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _named_files(value: Any, base: Path) -> Iterator[Path]:
+    """Existing files (and the model cards beside weights) that parameter values name."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _named_files(v, base)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _named_files(v, base)
+    elif isinstance(value, str) and value and "{" not in value and len(value) < 4096:
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else base / p
+        try:
+            if p.is_file():
+                yield p.resolve()
+                card = p.with_suffix(".yaml")
+                if card.is_file():
+                    yield card.resolve()
+        except OSError:
+            return
+
+
+def _stat(path: Path) -> list[int]:
+    """Size and modification time (ns) of a file; for a folder, of it and each entry
+    directly in it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return [-1, -1]
+    if not path.is_dir():
+        return [st.st_size, st.st_mtime_ns]
+    entries = []
+    try:
+        for child in sorted(os.scandir(path), key=lambda e: e.name):
+            cst = child.stat()
+            entries += [cst.st_size, cst.st_mtime_ns]
+    except OSError:
+        pass
+    return [st.st_mtime_ns, *entries]
+
+
+def _companion(path: Path) -> list[int]:
+    """A slide's data folder beside it (MIRAX: ``slide.mrxs`` and ``slide/``)."""
+    folder = path.with_suffix("")
+    return _stat(folder) if folder != path and folder.is_dir() else []
+
+
+def stale_partials(folder: Path) -> list[Path]:
+    """Temporary outputs (``.NAME.xxxxxxxx.partial``) anywhere under ``folder``."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            if _PARTIAL.match(name):
+                found.append(Path(dirpath) / name)
+        dirnames[:] = [d for d in dirnames if not _PARTIAL.match(d)]
+    return found
