@@ -51,7 +51,9 @@ class TileStage(Stage):
         if "{output}" not in p.path and not path.is_absolute():
             path = ctx.output / path
         tiled = pyramid_raster(image, p.chunk, p.shard or WRITE_BLOCK)
-        ctx.add_sink(OmeZarrWriter().write(tiled, path, overwrite=ctx.may_replace(path, p.overwrite), chunk=p.chunk,
+        ctx.add_sink(OmeZarrWriter().write(tiled, path,
+                                           overwrite=ctx.may_replace(path, p.overwrite),
+                                           chunk=p.chunk,
                                            compressor=p.compressor,
                                            compression_level=p.compression_level,
                                            shard=p.shard, is_pyramid=True))
