@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/wfe sample demo-output/sample.tiff --seed 7
 	$(BIN)/wfe run workflows/demo.yaml -i demo-output/sample.tiff -o demo-output/results
 	@echo
-	@echo "Results are in demo-output/results/sample/ (labels.ome.zarr, overlay.png); run.json and wfe.log are in demo-output/results/."
+	@echo "Results are in demo-output/results/sample/ (labels.ome.zarr, overlay.png); report.html (open it in a browser), run.json and wfe.log are in demo-output/results/."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -21,6 +21,7 @@ from wfe.heap import fix_heap_thresholds
 from wfe.ledger import Ledger, fingerprint, stale_partials
 from wfe.plugins import Registry
 from wfe.progress import DaskProgress, make_progress
+from wfe.report import write_report
 from wfe.runner import run_input
 from wfe.stage import InputFields
 from wfe.warm_start import heap_key, remember_heap, touch_remembered_heap
@@ -86,6 +87,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _write_results(root: Path, run_json: dict[str, Any]) -> None:
+    """``run.json`` and the page that shows it (``report.html``)."""
+    _write_json(root / "run.json", run_json)
+    write_report(root, run_json)
+
+
 def _remove_partials(folder: Path) -> None:
     """Remove the temporary outputs a killed process left under ``folder``."""
     for path in stale_partials(folder):
@@ -100,7 +107,8 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
               output_template: str, device: str = "auto", workers: int | None = None,
               debug: bool = False, console: Console | None = None,
               resume: bool = True) -> BatchResult:
-    """Run ``workflow`` on each input, recording each in ``run.json`` as it finishes.
+    """Run ``workflow`` on each input, recording each in ``run.json`` (and showing it in
+    ``report.html``) as it finishes.
 
     With ``resume``, an input the output root's ledger (:mod:`wfe.ledger`) records as
     done with the same workflow, input and outputs is not run again; its record is
@@ -149,7 +157,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                     log.info("skip %s: done by an earlier run of this workflow, and "
                              "unchanged since", path)
                     progress.advance(overall)
-                    _write_json(root / "run.json", run_json)
+                    _write_results(root, run_json)
                     continue
                 record: dict[str, Any] = {"status": "running", "output": None, "error": None}
                 result.records[str(path)] = record
@@ -191,7 +199,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                 ledger.finish(entry_key, record["status"], record)
                 progress.update(task, visible=False)
                 progress.advance(overall)
-                _write_json(root / "run.json", run_json)
+                _write_results(root, run_json)
     finally:
         log.removeHandler(handler)
         handler.close()
