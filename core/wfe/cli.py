@@ -117,7 +117,7 @@ def run(
     done = len(result.records) - len(result.failed)
     earlier = f" ({len(result.resumed)} by an earlier run)" if result.resumed else ""
     out.print(f"{done} of {len(result.records)} inputs done{earlier}; results in "
-              f"{result.root}/ (run.json, wfe.log)", highlight=False)
+              f"{result.root}/ (report.html, run.json, wfe.log)", highlight=False)
     raise typer.Exit(EXIT_FAILED_INPUTS if result.failed else EXIT_OK)
 
 
