@@ -6,7 +6,6 @@ import glob
 import json
 import logging
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,11 +17,12 @@ from rich.console import Console
 
 from wfe.errors import WfeError
 from wfe.heap import fix_heap_thresholds
-from wfe.ledger import Ledger, fingerprint, stale_partials
+from wfe.ledger import Ledger, input_fingerprint, workflow_fingerprint
 from wfe.plugins import Registry
 from wfe.progress import DaskProgress, make_progress
-from wfe.report import write_report
+from wfe.report import REPORT, render_report
 from wfe.runner import run_input
+from wfe.sink import remove_output, temporary_outputs
 from wfe.stage import InputFields
 from wfe.warm_start import heap_key, remember_heap, touch_remembered_heap
 from wfe.workflow import Workflow
@@ -81,26 +81,23 @@ def _input_output(template: str, path: Path) -> Path:
     return Path(template.format(input=InputFields(path)))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def _write_results(root: Path, run_json: dict[str, Any]) -> None:
     """``run.json`` and the page that shows it (``report.html``)."""
-    _write_json(root / "run.json", run_json)
-    write_report(root, run_json)
+    _write_text(root / "run.json", json.dumps(run_json, indent=2, default=str))
+    _write_text(root / REPORT, render_report(root, run_json))
 
 
-def _remove_partials(folder: Path) -> None:
+def _remove_left_behind(folder: Path) -> None:
     """Remove the temporary outputs a killed process left under ``folder``."""
-    for path in stale_partials(folder):
+    for path in temporary_outputs(folder):
         log.info("removing %s, left by a run that was stopped", path)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        remove_output(path)
 
 
 def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
@@ -143,6 +140,8 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     key = heap_key(workflow, device, workers)
     touch_remembered_heap(key)
     result = BatchResult(root=root)
+    workflow_print = workflow_fingerprint(workflow, device)
+    unwritten = False  # records carried over since run.json was last written
     run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
     try:
         with make_progress(console) as progress:
@@ -150,14 +149,14 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
             for path in inputs:
                 out = _input_output(output_template, path)
                 entry_key = str(path.resolve())
-                print_ = fingerprint(workflow, path, out, device)
+                print_ = input_fingerprint(workflow_print, path, out)
                 earlier = ledger.entry(entry_key)
                 if resume and earlier is not None and earlier.done_with(print_):
                     result.records[str(path)] = {**earlier.record, "resumed": True}
                     log.info("skip %s: done by an earlier run of this workflow, and "
                              "unchanged since", path)
                     progress.advance(overall)
-                    _write_results(root, run_json)
+                    unwritten = True  # written with the next input that runs, or at the end
                     continue
                 record: dict[str, Any] = {"status": "running", "output": None, "error": None}
                 result.records[str(path)] = record
@@ -167,7 +166,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                 replaceable = earlier.replaceable() if earlier is not None else set()
                 if (earlier is not None and earlier.status == "running"
                         and not earlier.process_alive()):
-                    _remove_partials(out)
+                    _remove_left_behind(out)
                 ledger.start(entry_key, print_)
                 try:
                     record["output"] = str(out)
@@ -200,6 +199,9 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                 progress.update(task, visible=False)
                 progress.advance(overall)
                 _write_results(root, run_json)
+                unwritten = False
+        if unwritten:
+            _write_results(root, run_json)
     finally:
         log.removeHandler(handler)
         handler.close()

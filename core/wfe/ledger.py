@@ -1,7 +1,7 @@
 """The run ledger: what each input of an output root became, so that a rerun resumes.
 
 One SQLite file per output root (``ledger.sqlite``, beside ``run.json``) records, for
-every input: the fingerprint of the work (:func:`fingerprint`: the workflow's stages
+every input: the fingerprint of the work (:func:`input_fingerprint`: the workflow's stages
 and parameters, the files they name, the input's size and modification time, where
 its outputs go, the device), its status (``running``, ``done``, ``failed``), the
 process that ran it, its run.json record, and each output as it was committed. Every
@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import sqlite3
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from wfe.errors import WfeError
 from wfe.workflow import Workflow
 
-__all__ = ["LEDGER", "Entry", "Ledger", "fingerprint", "stale_partials"]
+__all__ = ["LEDGER", "Entry", "Ledger", "input_fingerprint", "workflow_fingerprint"]
 
 log = logging.getLogger("wfe")
 
@@ -56,9 +55,6 @@ CREATE TABLE IF NOT EXISTS outputs (
     PRIMARY KEY (input, path)
 );
 """
-
-#: Temporary outputs (:class:`wfe.sink.TemporaryOutput`): ``.NAME.xxxxxxxx.partial``.
-_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ class Entry:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass  # alive, another user's
         return True
 
 
@@ -120,7 +116,6 @@ class Ledger:
         try:
             with self._db() as db:
                 db.executescript(_SCHEMA)
-                db.execute("SELECT count(*) FROM inputs").fetchone()
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "unable to open" in str(exc):
                 raise WfeError(f"cannot use the run ledger {self.path} ({exc})",
@@ -166,26 +161,28 @@ class Ledger:
                        (status, json.dumps(record, default=str), key))
 
 
-def fingerprint(workflow: Workflow, input_path: Path, output: Path, device: str) -> str:
-    """What an input's results depend on, as far as wfe can see without reading pixels.
-
-    The workflow's stages and parameters; the size and modification time of every
-    file a parameter names (a model's weights and its card beside them); the input's
-    own (for a folder, such as a Zarr store or a MIRAX slide's data, its entries'
-    too); the input's output folder; the device asked for. The content of a file is
-    not read: a slide of several gigabytes would take as long to hash as to tile.
-    """
-    stages = [[node.id, node.uses, node.params.model_dump(mode="json")]
-              for node in workflow.stages]
+def workflow_fingerprint(workflow: Workflow, device: str) -> str:
+    """What every input's results depend on, once per run: the workflow's stages and
+    parameters, the size and modification time of every file a parameter names (a
+    model's weights and its card beside them), the device asked for."""
+    stages = workflow.parameters()
     named = sorted({str(p) for node in stages for p in _named_files(node[2], workflow.directory)})
-    parts = {
-        "stages": stages,
-        "files": [[p, *_stat(Path(p))] for p in named],
-        "input": [str(input_path.resolve()), *_stat(input_path)],
-        "companion": _companion(input_path),
-        "output": str(output.resolve()),
-        "device": device,
-    }
+    return _digest({"stages": stages, "files": [[p, *_stat(Path(p))] for p in named],
+                    "device": device})
+
+
+def input_fingerprint(workflow_print: str, input_path: Path, output: Path) -> str:
+    """What an input's results depend on, as far as wfe can see without reading pixels:
+    the run's :func:`workflow_fingerprint`; the input's size and modification time (for
+    a folder, such as a Zarr store or a MIRAX slide's data, its entries' too); its
+    output folder. The content of a file is not read: a slide of several gigabytes
+    would take as long to hash as to tile."""
+    return _digest({"workflow": workflow_print,
+                    "input": [str(input_path.resolve()), *_stat(input_path)],
+                    "companion": _companion(input_path), "output": str(output.resolve())})
+
+
+def _digest(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -234,15 +231,3 @@ def _companion(path: Path) -> list[int]:
     folder = path.with_suffix("")
     return _stat(folder) if folder != path and folder.is_dir() else []
 
-
-def stale_partials(folder: Path) -> list[Path]:
-    """Temporary outputs (``.NAME.xxxxxxxx.partial``) anywhere under ``folder``."""
-    if not folder.is_dir():
-        return []
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in [*dirnames, *filenames]:
-            if _PARTIAL.match(name):
-                found.append(Path(dirpath) / name)
-        dirnames[:] = [d for d in dirnames if not _PARTIAL.match(d)]
-    return found

@@ -3,8 +3,7 @@
 One page per output root: how many inputs are done, failed or carried over from an
 earlier run; then each input with its status, time, error line, outputs (linked) and
 the pictures its writers made (overlays, masks), so that a night's archive run can be
-checked by looking rather than reading. Rewritten, under a temporary name and then
-renamed, each time ``run.json`` is.
+checked by looking rather than reading. Rewritten each time ``run.json`` is.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT", "write_report"]
+__all__ = ["REPORT", "render_report"]
 
 REPORT = "report.html"
 
@@ -47,12 +46,11 @@ def _row(name: str, record: dict[str, Any], root: Path) -> str:
     status = record.get("status", "?")
     label = f"{status} (earlier run)" if record.get("resumed") else status
     seconds = record.get("seconds")
-    outputs = record.get("outputs") or []
-    links = "<br>".join(f'<a href="{escape(_link(o, root))}">{escape(Path(o).name)}</a>'
-                        for o in outputs)
-    pictures = "".join(f'<a href="{escape(_link(o, root))}"><img src="{escape(_link(o, root))}" '
-                       f'alt="{escape(Path(o).name)}"></a>'
-                       for o in outputs if o.lower().endswith(_PICTURES))
+    outputs = [(o, escape(_link(o, root)), escape(Path(o).name))
+               for o in record.get("outputs") or []]
+    links = "<br>".join(f'<a href="{href}">{name}</a>' for _, href, name in outputs)
+    pictures = "".join(f'<a href="{href}"><img src="{href}" alt="{name}"></a>'
+                       for o, href, name in outputs if o.lower().endswith(_PICTURES))
     error = record.get("error")
     return ("<tr>"
             f"<td>{escape(Path(name).name)}<br><small>{escape(name)}</small></td>"
@@ -63,15 +61,15 @@ def _row(name: str, record: dict[str, Any], root: Path) -> str:
             "</tr>")
 
 
-def write_report(root: Path, run: dict[str, Any]) -> Path:
-    """Write ``report.html`` in ``root`` from ``run`` (what ``run.json`` holds)."""
+def render_report(root: Path, run: dict[str, Any]) -> str:
+    """The page ``report.html`` in ``root`` shows for ``run`` (what ``run.json`` holds)."""
     inputs: dict[str, dict[str, Any]] = run.get("inputs", {})
     done = sum(r.get("status") == "done" for r in inputs.values())
     failed = sum(r.get("status") == "failed" for r in inputs.values())
     resumed = sum(bool(r.get("resumed")) for r in inputs.values())
     title = f"wfe: {run.get('name') or Path(run.get('workflow', '')).stem}"
     rows = "\n".join(_row(name, record, root) for name, record in inputs.items())
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{_STYLE}</style></head>
 <body>
@@ -87,8 +85,3 @@ Details in <a href="run.json">run.json</a> and <a href="wfe.log">wfe.log</a>.</p
 </table>
 </body></html>
 """
-    path = root / REPORT
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path

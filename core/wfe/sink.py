@@ -12,6 +12,7 @@ half-written output ever carries its final name.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Sink", "TemporaryOutput", "chunks_of"]
+__all__ = ["Sink", "TemporaryOutput", "chunks_of", "remove_output", "temporary_outputs"]
+
+#: What :class:`TemporaryOutput` names its work in progress: ``.NAME.xxxxxxxx.partial``.
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
 
 
 def chunks_of(*arrays: Any) -> list[Any]:
@@ -83,16 +87,29 @@ class TemporaryOutput:
             old = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(self.final, old)
             os.replace(self.temp, self.final)
-            _remove(old)
+            remove_output(old)
         else:
             os.replace(self.temp, self.final)
 
     def discard(self) -> None:
         """Remove the temporary output after a failure."""
-        _remove(self.temp)
+        remove_output(self.temp)
 
 
-def _remove(path: Path) -> None:
+def temporary_outputs(folder: Path) -> list[Path]:
+    """The temporary outputs (:class:`TemporaryOutput`) anywhere under ``folder``: after
+    a process was killed, what it was writing."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        found += [Path(dirpath) / n for n in [*dirnames, *filenames] if _TEMPORARY.match(n)]
+        dirnames[:] = [d for d in dirnames if not _TEMPORARY.match(d)]
+    return found
+
+
+def remove_output(path: Path) -> None:
+    """Remove an output, a folder (a Zarr store) or a file, if it exists."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists():

@@ -45,9 +45,8 @@ _done: set[str] = set()
 def heap_key(workflow: Workflow, device: str, workers: int | None) -> str:
     """What the heap of a first input depends on, as far as the run knows before it
     starts: every stage and its parameters, the device asked for and the worker count."""
-    stages = [[node.id, node.uses, node.params.model_dump(mode="json")]
-              for node in workflow.stages]
-    digest = hashlib.sha256(json.dumps(stages, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(workflow.parameters(), sort_keys=True,
+                                       default=str).encode())
     return f"{digest.hexdigest()}|{device}|{workers or os.cpu_count()}"
 
 

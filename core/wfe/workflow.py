@@ -72,6 +72,12 @@ class Workflow:
     def directory(self) -> Path:
         return self.path.parent
 
+    def parameters(self) -> list[list[Any]]:
+        """Every stage's id, ``uses`` and parameters, as JSON values: what the run's
+        results depend on in the workflow itself."""
+        return [[node.id, node.uses, node.params.model_dump(mode="json")]
+                for node in self.stages]
+
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``stage.key=value`` -> ``(stage, key, value)``, the value parsed as YAML."""
