@@ -11,8 +11,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_peak_memory_is_flat_from_1x_to_4x_area(tmp_path):
-    small = peak_rss_mib(tmp_path, 3072)
-    large = peak_rss_mib(tmp_path, 6144)
+    # The median of three runs each, in fresh folders: the larger slide's peak moved by
+    # ±6 % from run to run (how many chunks the two workers have in flight at its peak).
+    small, large = (statistics.median(peak_rss_mib(tmp_path / f"run{i}", side)
+                                      for i in range(3)) for side in (3072, 6144))
     growth = large / small - 1
     print(f"peak RSS: 1x {small:.0f} MiB, 4x {large:.0f} MiB, growth {growth:.1%}")
     assert growth < 0.15, (small, large)

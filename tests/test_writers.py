@@ -15,6 +15,7 @@ from shapely.geometry import shape
 
 from conftest import run_cli
 from imagefiles import corrupt_tile, shapes_truth, write_shapes_slide, write_tiled_jpeg
+from wfe.checkpoint import CHECKPOINT_FOLDER
 from wfe.errors import WfeError
 from wfe.raster import Raster
 from wfe_builtin.synthetic.scene import SyntheticScene, write_scene
@@ -283,7 +284,8 @@ stages:
 """)
     result = run_cli("run", workflow, "-i", slide, "-o", tmp_path / "out")
     assert result.code == 1 and "cannot decode the tile" in _line(result.stderr)
-    assert not list((tmp_path / "out" / "broken").iterdir())
+    # Only the chunks the segmentation finished, kept for the next attempt (wfe.checkpoint).
+    assert [p.name for p in (tmp_path / "out" / "broken").iterdir()] == [CHECKPOINT_FOLDER]
 
 
 def test_more_classes_than_colours_is_one_clear_error(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from wfe.checkpoint import CHECKPOINT_FOLDER, Checkpoints
 from wfe.errors import WfeError
 from wfe.heap import fix_heap_thresholds
 from wfe.ledger import Ledger, input_fingerprint, workflow_fingerprint
@@ -109,7 +110,8 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
 
     With ``resume``, an input the output root's ledger (:mod:`wfe.ledger`) records as
     done with the same workflow, input and outputs is not run again; its record is
-    carried over, marked ``resumed``. Either way, outputs an earlier run wrote for an
+    carried over, marked ``resumed``; an input an earlier attempt left unfinished keeps
+    the chunks that attempt finished (:mod:`wfe.checkpoint`). Either way, outputs an earlier run wrote for an
     input, unchanged since, may be replaced when it runs again.
     """
     console = console or Console(stderr=True)
@@ -168,6 +170,9 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                         and not earlier.process_alive()):
                     _remove_left_behind(out)
                 ledger.start(entry_key, print_)
+                checkpoints = Checkpoints(out / CHECKPOINT_FOLDER, print_)
+                if not resume:
+                    checkpoints.remove()  # every chunk computed again
                 try:
                     record["output"] = str(out)
                     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +180,8 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                                         workers=workers, root=root,
                                         callbacks=(DaskProgress(progress, task),),
                                         replaceable=replaceable,
-                                        committed=partial(ledger.committed, entry_key))
+                                        committed=partial(ledger.committed, entry_key),
+                                        checkpoints=checkpoints)
                     record.update(status="done", **summary)
                     remember_heap(key)  # after the process's first input only
                     log.info("done %s in %.1f s", path, time.perf_counter() - t0)

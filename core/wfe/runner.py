@@ -15,6 +15,7 @@ from typing import Any
 import dask
 import dask.threaded
 
+from wfe.checkpoint import Checkpoints
 from wfe.errors import WfeError
 from wfe.heap import fix_heap_thresholds
 from wfe.plugins import Registry
@@ -40,8 +41,10 @@ def _build(workflow: Workflow, input_path: Path, ctx: StageContext,
     """Run every stage's build in order (lazy artifacts, sinks added to ``ctx``),
     recording each one's time; on failure, remove the outputs already started."""
     artifacts: dict[tuple[str, str], Any] = {}
+    read = {ref for node in workflow.stages for ref in node.refs.values()}
     for node in workflow.stages:
         ctx.stage_id = node.id
+        ctx.used = frozenset(name for stage, name in read if stage == node.id)
         inputs = {name: artifacts[ref] for name, ref in node.refs.items()}
         t = time.perf_counter()
         try:
@@ -62,7 +65,8 @@ def _build(workflow: Workflow, input_path: Path, ctx: StageContext,
 def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Registry, *,
               device: str = "auto", workers: int | None = None, root: Path | None = None,
               callbacks: tuple[Any, ...] = (), replaceable: Collection[Path] = (),
-              committed: Callable[[Path], None] | None = None) -> dict[str, Any]:
+              committed: Callable[[Path], None] | None = None,
+              checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Run every stage for ``input_path``; return what run.json records for it.
 
     Stages only build lazy artifacts; the pixels are computed once, by one
@@ -71,12 +75,15 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
 
     ``replaceable``: existing outputs the writers may replace without ``overwrite``
     (what an earlier run of this input wrote: :mod:`wfe.ledger`). ``committed`` is
-    told each output as it takes its final name.
+    told each output as it takes its final name. ``checkpoints``: where stages keep the
+    chunks they finish (:mod:`wfe.checkpoint`), removed once the input is done; an attempt
+    that fails or is killed leaves them for the next.
     """
     fix_heap_thresholds()
     ctx = StageContext(input=input_path, output=output, workflow_dir=workflow.directory,
                        registry=registry, device=device,
-                       root=root, replaceable=frozenset(p.resolve() for p in replaceable))
+                       root=root, replaceable=frozenset(p.resolve() for p in replaceable),
+                       checkpoints=checkpoints)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # No distributed client is looked for (importing distributed: 70 ms a process).
@@ -87,6 +94,7 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
     with dask.config.set({"array.rechunk.method": "tasks", "scheduler": dask.threaded.get}):
         _build(workflow, input_path, ctx, timings)
     ctx.stage_id = ""
+    ctx.used = None
     work = [w for sink in ctx.sinks for w in sink.work]
     t = time.perf_counter()
     # A pool of our own, so that after a failure we can wait for the chunks still
@@ -117,5 +125,7 @@ def run_input(workflow: Workflow, input_path: Path, output: Path, registry: Regi
             committed(sink.path)
         if sink.summary:
             ctx.info.setdefault(sink.stage, {}).update(sink.summary)
+    if checkpoints is not None:
+        checkpoints.remove()
     timings["total"] = round(time.perf_counter() - t0, 4)
     return {"outputs": [str(s.path) for s in ctx.sinks], "timings": timings, "info": ctx.info}

@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
+from wfe.checkpoint import Checkpoints, KeptArray
 from wfe.errors import WfeError
 from wfe.plugins import Registry
 from wfe.raster import Raster
@@ -101,6 +102,24 @@ class StageContext:
     #: Existing outputs that may be replaced without ``overwrite``: those an earlier run
     #: of this input wrote and nobody has changed since (:mod:`wfe.ledger`).
     replaceable: frozenset[Path] = frozenset()
+    #: Where the input's chunk checkpoints go (:mod:`wfe.checkpoint`); ``None``: none kept.
+    checkpoints: Checkpoints | None = None
+    #: The current stage's outputs that later stages read (``None``: not known, all).
+    used: frozenset[str] | None = None
+
+    def uses(self, output: str) -> bool:
+        """Whether a later stage reads the current stage's ``output`` (what is never read
+        need not be computed, nor kept)."""
+        return self.used is None or output in self.used
+
+    def kept(self, name: str, chunks: tuple[tuple[int, ...], ...],
+             dtype: Any) -> KeptArray | None:
+        """The checkpoint of the current stage's result ``name`` (a dask array of
+        ``chunks`` and ``dtype``), or ``None`` when this run keeps none: see
+        :class:`wfe.checkpoint.KeptArray`."""
+        if self.checkpoints is None:
+            return None
+        return self.checkpoints.array(self.stage_id, name, chunks, dtype)
 
     def may_replace(self, path: Path, overwrite: bool) -> bool:
         """Whether a writer may replace an existing ``path``: ``overwrite`` was asked

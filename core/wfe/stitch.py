@@ -29,7 +29,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -45,9 +45,11 @@ from dask.threaded import get as get_threaded
 
 from wfe.grid import WindowGrid, blend_weights
 
-__all__ = ["blend_block", "blended", "read_region", "sliding_window_map", "sliding_window_sums"]
+__all__ = ["blend_block", "blended", "chunk_edges", "read_region", "sliding_window_map",
+           "sliding_window_sums"]
 
 Predict = Callable[[np.ndarray], np.ndarray]
+After = Callable[[int, int], list[tuple[int, ...]]]  # chunk (i, j) -> another array's blocks
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 Part = tuple[np.ndarray, tuple[int, int]]  # (Σ p·w per channel, Σ w) stacked, origin (y, x)
 
@@ -163,6 +165,24 @@ def read_region(image: da.Array, region: tuple[slice, ...], workers: int = 1) ->
             src.append(slice(lo - int(edges[b]), hi - int(edges[b])))
         out[tuple(dst)] = np.asarray(value)[tuple(src)]
     return out
+
+
+def chunk_edges(height: int, width: int, window: int, overlap: int,
+                chunk: int) -> tuple[list[int], list[int]]:
+    """The output chunks' edges of :func:`sliding_window_sums` along y and x.
+
+    On multiples of the stride: a chunk's windows then reach only ``overlap`` pixels
+    into the next chunk, which keeps the pieces waiting for their chunk (the frontier)
+    small. The chunk is the multiple of the stride closest to ``chunk``.
+    """
+    block = _block(window, overlap, chunk)
+    return list(range(0, height, block)) + [height], list(range(0, width, block)) + [width]
+
+
+def _block(window: int, overlap: int, chunk: int) -> int:
+    """The chunk size of :func:`chunk_edges`: the multiple of the stride closest to ``chunk``."""
+    stride = max(window - overlap, 1)
+    return max(1, round(chunk / stride)) * stride
 
 
 def _cores() -> int:
@@ -287,6 +307,32 @@ def _add_parts(sums: np.ndarray, extent: Box, parts: tuple[Part, ...]) -> None:
             sums[(slice(None), *dst)] += part[(slice(None), *src)]
 
 
+def _spill(run: _Pass, box: Box, starts: list[tuple[int, int]], origin: tuple[int, int],
+           region: np.ndarray) -> Part:
+    """What the windows ``starts`` of a chunk that is not computed (its result is kept
+    from an earlier run) add to the chunk ``box``: they are predicted again, and their
+    sums cut to the box, as :func:`_cut_own` would have cut them from the chunk's own."""
+    run.gate.started()
+    try:
+        part = _accumulate(region, starts, origin, run.predict, run.window, run.weights,
+                           run.out_channels, run.batch_size)
+    finally:
+        run.gate.ended()
+    return _cut_own((None, part), box)  # type: ignore[arg-type]
+
+
+def _read_after(gate: _ReadGate, image: da.Array, index: tuple[slice, ...],
+                *_follows: Any) -> np.ndarray:
+    """``gate.read(image, index)``, run after the tasks given as ``_follows``."""
+    return gate.read(image, index)
+
+
+def _not_computed(box: Box) -> np.ndarray:
+    """Stands for a chunk the caller said it does not need; it must never be asked for."""
+    raise RuntimeError(f"the sums of chunk {box} were asked for, but the chunk was marked "
+                       "as not needed")
+
+
 def _unreached(shape: tuple[int, int, int]) -> np.ndarray:
     """The sums of a chunk no window reaches: zero (a read-only view)."""
     return np.broadcast_to(np.zeros((), np.float32), shape)
@@ -343,7 +389,9 @@ def sliding_window_map(image: da.Array, predict: Predict, *, out_channels: int, 
 def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int, window: int,
                         overlap: int, blend: str = "gaussian", sigma_scale: float = 0.125,
                         chunk: int = 2048, batch_size: int = 8,
-                        keep: Callable[[int, int], bool] | None = None) -> da.Array:
+                        keep: Callable[[int, int], bool] | None = None,
+                        needed: Callable[[int, int], bool] | None = None,
+                        after: Sequence[tuple[da.Array, After]] = ()) -> da.Array:
     """Apply ``predict`` over overlapping windows of ``image`` (c, y, x); return, per
     pixel, the weighted sum of the windows' predictions for each of the ``k`` channels
     and the sum of the weights: ``(k + 1, y, x)`` float32, the channel axis one chunk.
@@ -363,18 +411,25 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
         kept window covers get weight 0.
     chunk
         Approximate output chunk size: chunks are the multiple of the stride
-        (``window - overlap``) closest to it. The result does not depend on it.
+        (``window - overlap``) closest to it (:func:`chunk_edges`). The result does not
+        depend on it.
+    needed
+        ``needed(i, j)`` is false for output chunks (by block index) that will not be
+        asked for, such as chunks kept from an earlier run: their windows are run
+        only where they reach a needed chunk (a strip along its edge), and asking for
+        such a chunk raises.
+    after
+        Pairs ``(array, blocks)``: chunk ``(i, j)`` is read only once ``array``'s
+        ``blocks(i, j)`` (block indices) are computed. An order, not data: another
+        pass that this one is fused with is then computed in step with it, its chunks
+        ready as this pass's chunks need them, rather than after this whole pass
+        (which would hold every chunk of it in memory until then).
     """
     _, height, width = image.shape
     grid = WindowGrid(height, width, window, overlap)
     weights = blend_weights(window, blend, sigma_scale, overlap)
-    # Chunk edges on multiples of the stride: a chunk's windows then reach only
-    # `overlap` pixels into the next chunk, which keeps the pieces waiting for
-    # their chunk (the frontier) small.
-    stride = max(window - overlap, 1)
-    block = max(1, round(chunk / stride)) * stride
-    y_edges = list(range(0, height, block)) + [height]
-    x_edges = list(range(0, width, block)) + [width]
+    y_edges, x_edges = chunk_edges(height, width, window, overlap, chunk)
+    block = _block(window, overlap, chunk)
 
     # Chunks are finished in a wavefront: a chunk's task runs after the chunks to its
     # left and above, takes the strips their windows spilled into it, predicts its
@@ -388,7 +443,9 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
     run = _Pass(predict, window, weights, out_channels, batch_size, gate)
     name = f"sliding-window-{gate.token}"
     read, finish, cut = f"{name}-read", f"{name}-finish", f"{name}-cut"
+    spill, spill_read = f"{name}-spill", f"{name}-spill-read"
     regions: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    skipped: dict[tuple[int, int], list[tuple[int, int]]] = {}  # not needed: their windows
     reach = -(-window // block)  # how many chunks away a chunk's windows can end
     layer: dict[Any, Any] = {}
     for i in range(len(y_edges) - 1):
@@ -397,9 +454,27 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
             starts = grid.owned_by(*box)
             if keep is not None:
                 starts = [s for s in starts if keep(*s)]
+            if needed is not None and not needed(i, j):
+                skipped[(i, j)] = starts
+                layer[(name, 0, i, j)] = (partial(_not_computed, box),)
+                continue
             incoming = []
             for k in range(max(i - reach, 0), i + 1):
                 for m in range(max(j - reach, 0), j + 1):
+                    if (k, m) in skipped:
+                        reaching = [(y, x) for y, x in skipped[(k, m)]
+                                    if y < box[1] and box[0] < y + window
+                                    and x < box[3] and box[2] < x + window]
+                        if reaching:
+                            sy0, sx0 = min(y for y, _ in reaching), min(x for _, x in reaching)
+                            index = (slice(None), slice(sy0, max(y for y, _ in reaching) + window),
+                                     slice(sx0, max(x for _, x in reaching) + window))
+                            layer[(spill_read, i, j, k, m)] = (partial(gate.read, image, index),)
+                            layer[(spill, i, j, k, m)] = (
+                                partial(_spill, run, box, reaching, (sy0, sx0)),
+                                (spill_read, i, j, k, m))
+                            incoming.append((spill, i, j, k, m))
+                        continue
                     if (k, m) not in regions:
                         continue
                     ry0, ry1, rx0, rx1 = regions[(k, m)]
@@ -418,12 +493,13 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
                 rx1 = max(x for _, x in starts) + window
                 regions[(i, j)] = (ry0, ry1, rx0, rx1)
                 index = (slice(None), slice(ry0, ry1), slice(rx0, rx1))
-                layer[(read, i, j)] = (partial(gate.read, image, index),)
+                follows = [(a.name, *b) for a, blocks in after for b in blocks(i, j)]
+                layer[(read, i, j)] = (partial(_read_after, gate, image, index), *follows)
                 region = (read, i, j)
                 origin = (ry0, rx0)
             layer[(finish, i, j)] = (partial(_finish, run, box, starts, origin), region, *incoming)
             layer[(name, 0, i, j)] = (getitem, (finish, i, j), 0)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[a for a, _ in after])
     chunks = ((out_channels + 1,), tuple(np.diff(y_edges).tolist()),
               tuple(np.diff(x_edges).tolist()))
     return da.Array(graph, name, chunks=chunks, dtype=np.float32)

@@ -17,13 +17,14 @@ import dask.array as da
 import numpy as np
 from pydantic import Field
 
+from wfe.checkpoint import KeptArray
 from wfe.errors import InputError
 from wfe.grid import BLEND_MODES, WindowGrid
 from wfe.raster import Raster
-from wfe.resample import integer_factor, resample
+from wfe.resample import integer_factor, resample, source_span
 from wfe.resolution import at_resolution
 from wfe.stage import Ref, Stage, StageContext, StageParams
-from wfe.stitch import blended, sliding_window_sums
+from wfe.stitch import blended, chunk_edges, sliding_window_sums
 from wfe_builtin.models.card import card_path, load_card
 
 __all__ = ["SegmentStage"]
@@ -65,6 +66,9 @@ class SegmentParams(StageParams):
         "float32", description="Stored probabilities: float32, float16, or uint8 (× 255).")
     chunk: int = Field(2048, gt=0, description="Output chunk size (the result does not depend "
                                                "on it).")
+    checkpoint: bool = Field(True, description="Keep each finished chunk of the outputs later "
+                                               "stages read, so that a run stopped midway "
+                                               "resumes from them (see docs/workflows.md).")
 
     def model_paths(self, base: Path) -> list[Path]:
         """The weights of each scale (one model for all when a single path is given)."""
@@ -145,29 +149,51 @@ class SegmentStage(Stage):
         background = np.zeros(k, np.float32)
         background[0] = 1.0
 
-        passes = []
-        skipped = total = run_windows = 0
-        for scale, model in zip(scales, models, strict=True):
-            level = at_resolution(image, scale, f"stage {ctx.stage_id}") if scale else image
-            arr = level.levels[0]
-            h, w = arr.shape[1:]
+        levels = [at_resolution(image, scale, f"stage {ctx.stage_id}") if scale else image
+                  for scale in scales]
+        for level in levels:
+            h, w = level.levels[0].shape[1:]
             if window > min(h, w):
                 raise InputError(f"{source}: window {window} is larger than the image at "
                                  f"{_size(level)} ({w} × {h} px)",
                                  "use a smaller window or a finer pixel size")
+        kept = self._checkpoints(ctx, levels[0], window, k)
+        done = _done_chunks(kept)
+        if done:
+            ctx.log.info("%s: %d of %d chunks of stage %s kept from an earlier attempt",
+                         source, len(done), _chunk_count(levels[0], window, p), ctx.stage_id)
+            ctx.record("chunks_resumed", len(done))
+        # The coarser passes first: the first pass reads each chunk once the chunks of
+        # the coarser passes it is fused with are computed, so they go in step.
+        reads = [_CoarseChunks(levels[0], level, window, p) for level in levels[1:]]
+        passes = []
+        skipped = total = run_windows = 0
+        for n in [*range(1, len(levels)), 0]:
+            level, model = levels[n], models[n]
+            arr = level.levels[0]
+            h, w = arr.shape[1:]
             keep = None
             if mask is not None:
-                kept, n_all = tissue_windows(mask, h, w, window, p.overlap, p.min_tissue)
-                keep = _member(kept)
-                skipped, total = skipped + n_all - len(kept), total + n_all
-                run_windows += len(kept)
+                kept_windows, n_all = tissue_windows(mask, h, w, window, p.overlap,
+                                                     p.min_tissue)
+                keep = _member(kept_windows)
+                skipped, total = skipped + n_all - len(kept_windows), total + n_all
+                run_windows += len(kept_windows)
             else:
                 run_windows += len(WindowGrid(h, w, window, p.overlap))
+            needed = None
+            if done and n == 0:
+                needed = lambda i, j: (i, j) not in done  # noqa: E731
+            elif done:
+                needed = reads[n - 1].needed(done)
+            after = [] if n else [(sums, coarse.blocks)
+                                  for (_, sums), coarse in zip(passes, reads, strict=True)]
             sums = sliding_window_sums(
                 arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
-                batch_size=batch_size, keep=keep)
+                batch_size=batch_size, keep=keep, needed=needed, after=after)
             passes.append((level, sums))
+        passes.insert(0, passes.pop())
 
         base_level, sums = passes[0]
         fused = blended(sums, background)
@@ -206,13 +232,97 @@ class SegmentStage(Stage):
         if total:
             ctx.record("windows_skipped_fraction", round(skipped / total, 4))
         colors = card.colors
-        probabilities = base_level.derived([_store_dtype(fused, p.probabilities_dtype)],
+        stored = _store_dtype(fused, p.probabilities_dtype)
+        if "probabilities" in kept:
+            stored = kept["probabilities"].keep(stored)
+        if "labels" in kept:
+            labels = kept["labels"].keep(labels)
+        probabilities = base_level.derived([stored],
                                            card.classes, classes=list(card.classes),
                                            colors=colors, probability_scale=(
                                                255 if p.probabilities_dtype == "uint8" else 1))
         label_raster = base_level.derived([labels], ("labels",), classes=list(card.classes),
                                           colors=colors)
         return {"probabilities": probabilities, "labels": label_raster}
+
+    def _checkpoints(self, ctx: StageContext, base: Raster, window: int,
+                     k: int) -> dict[str, KeptArray]:
+        """The checkpoints of the outputs later stages read, chunked as the first pass."""
+        p: SegmentParams = self.params  # type: ignore[assignment]
+        if not p.checkpoint:
+            return {}
+        spatial = _spatial_chunks(base, window, p)
+        kept = {}
+        for name, channels, dtype in (("labels", 1, np.uint8),
+                                      ("probabilities", k, np.dtype(p.probabilities_dtype))):
+            if ctx.uses(name):
+                store = ctx.kept(name, ((channels,), *spatial), dtype)
+                if store is not None:
+                    kept[name] = store
+        return kept
+
+
+def _spatial_chunks(level: Raster, window: int,
+                    p: SegmentParams) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The y and x chunks of a pass over ``level`` (:func:`wfe.stitch.chunk_edges`)."""
+    ys, xs = chunk_edges(*level.levels[0].shape[1:], window, p.overlap, p.chunk)
+    return tuple(np.diff(ys).tolist()), tuple(np.diff(xs).tolist())
+
+
+def _chunk_count(level: Raster, window: int, p: SegmentParams) -> int:
+    ys, xs = _spatial_chunks(level, window, p)
+    return len(ys) * len(xs)
+
+
+def _done_chunks(kept: dict[str, KeptArray]) -> frozenset[tuple[int, int]]:
+    """The chunks (y, x block indices) every kept output has on disk."""
+    if not kept:
+        return frozenset()
+    return frozenset.intersection(*(frozenset(b[1:] for b in store.done)
+                                    for store in kept.values()))
+
+
+class _CoarseChunks:
+    """Which chunks of a coarser pass (over ``level``) the upsampling of each chunk of the
+    first pass (over ``base``) reads: :func:`wfe.resample.source_span`, as ``run`` calls
+    :func:`wfe.resample.resample`."""
+
+    def __init__(self, base: Raster, level: Raster, window: int, p: SegmentParams) -> None:
+        bh, bw = base.levels[0].shape[1:]
+        h, w = level.levels[0].shape[1:]
+        self.base_edges = chunk_edges(bh, bw, window, p.overlap, p.chunk)
+        ly, lx = chunk_edges(h, w, window, p.overlap, p.chunk)
+        res, base_res = level.resolutions(), base.resolutions()
+        factor = integer_factor(res[0] / base_res[0]) if res and base_res else None
+        # Without an integer factor the passes are refused when they are fused: any
+        # chunks will do until then.
+        self._rows = self._spans(self.base_edges[0], ly, h, factor)
+        self._cols = self._spans(self.base_edges[1], lx, w, factor)
+
+    @staticmethod
+    def _spans(edges: list[int], coarse: list[int], n: int,
+               factor: int | None) -> list[range]:
+        """Per chunk of the first pass along one axis, the coarser chunks it reads."""
+        out = []
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            if factor is None:
+                out.append(range(len(coarse) - 1))
+                continue
+            s0, s1 = source_span(a, b, n, 1 / factor, "linear")
+            out.append(range(next(i for i in range(len(coarse) - 1) if coarse[i + 1] > s0),
+                             next(i for i in range(len(coarse) - 1) if coarse[i + 1] >= s1) + 1))
+        return out
+
+    def blocks(self, i: int, j: int) -> list[tuple[int, int, int]]:
+        """The coarser pass's blocks (channel block 0) the first pass's chunk (i, j) reads."""
+        return [(0, a, b) for a in self._rows[i] for b in self._cols[j]]
+
+    def needed(self, done: frozenset[tuple[int, int]]) -> Any:
+        """``needed(a, b)`` for the coarser pass: its chunk (a, b) is read by a chunk of
+        the first pass that is not ``done``."""
+        wanted = {block[1:] for i in range(len(self._rows)) for j in range(len(self._cols))
+                  if (i, j) not in done for block in self.blocks(i, j)}
+        return lambda a, b: (a, b) in wanted
 
 
 def _size(raster: Raster) -> str:
