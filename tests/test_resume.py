@@ -178,3 +178,23 @@ def test_a_damaged_ledger_is_set_aside_and_nothing_is_overwritten(slides, tmp_pa
     assert _mtimes(out / "a") == before
     assert list(out.glob("ledger.sqlite.damaged-*"))
     assert "could not be read" in (out / "wfe.log").read_text()
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_stopped():
+    """A run started again at once after a kill finds the killed process a zombie (its
+    parent has not waited for it yet): it is stopped, and what it left is cleaned up."""
+    import socket
+
+    from wfe.ledger import Entry
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and \
+            Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        time.sleep(0.01)  # exited, not reaped: no wait() yet
+    try:
+        entry = Entry("f", "running", child.pid, socket.gethostname(), {}, {})
+        assert not entry.process_alive()
+        assert Entry("f", "running", os.getppid(), socket.gethostname(), {}, {}).process_alive()
+    finally:
+        child.wait()

@@ -91,7 +91,17 @@ class Entry:
             return False
         except PermissionError:
             pass  # alive, another user's
-        return True
+        return not _exited(self.pid)
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited but was not yet reaped by its parent (a zombie: a process
+    killed a moment ago whose parent has not waited for it still answers signals)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux), or gone since: the signal said it was there
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 class Ledger:
