@@ -111,8 +111,8 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     With ``resume``, an input the output root's ledger (:mod:`wfe.ledger`) records as
     done with the same workflow, input and outputs is not run again; its record is
     carried over, marked ``resumed``; an input an earlier attempt left unfinished keeps
-    the chunks that attempt finished (:mod:`wfe.checkpoint`). Either way, outputs an earlier run wrote for an
-    input, unchanged since, may be replaced when it runs again.
+    the chunks that attempt finished (:mod:`wfe.checkpoint`). Either way, outputs an
+    earlier run wrote for an input, unchanged since, may be replaced when it runs again.
     """
     console = console or Console(stderr=True)
     try:

@@ -120,12 +120,17 @@ def _overlap(box: Box, origin: tuple[int, int],
 
 
 def _cut_own(result: tuple[np.ndarray, Part], box: Box) -> Part:
-    """The strip of a finished chunk's own accumulation that spills into ``box``.
+    """The strip of a finished chunk's own accumulation that spills into ``box``."""
+    return _strip(result[1], box)
 
-    A copy, so the finished chunk's whole accumulation can be freed while the
-    strip waits for the chunk it belongs to.
+
+def _strip(part: Part, box: Box) -> Part:
+    """The piece of ``part`` that lies in ``box``.
+
+    A copy, so the whole accumulation can be freed while the strip waits for the
+    chunk it belongs to.
     """
-    sums, origin = result[1]
+    sums, origin = part
     src, _ = _overlap(box, origin, sums.shape[1:])
     top_left = (origin[0] + src[0].start, origin[1] + src[1].start)
     return sums[(slice(None), *src)].copy(), top_left
@@ -261,14 +266,7 @@ def _finish(run: _Pass, box: Box, starts: list[tuple[int, int]], origin: tuple[i
     sums, and its own accumulation (for the strips it spills into its neighbours).
     ``region`` is the image under its windows (read at ``origin``); the pass's gate is
     told when the chunk takes it and while the chunk runs."""
-    own = None
-    if starts:
-        run.gate.started()
-        try:
-            own = _accumulate(region, starts, origin, run.predict, run.window, run.weights,
-                              run.out_channels, run.batch_size)
-        finally:
-            run.gate.ended()
+    own = _predict(run, region, starts, origin) if starts else None
     if own is not None:
         hit = _overlap(box, own[1], own[0].shape[1:])
         if hit is not None and hit[1] == (slice(0, box[1] - box[0]), slice(0, box[3] - box[2])):
@@ -307,18 +305,24 @@ def _add_parts(sums: np.ndarray, extent: Box, parts: tuple[Part, ...]) -> None:
             sums[(slice(None), *dst)] += part[(slice(None), *src)]
 
 
+def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
+             origin: tuple[int, int]) -> Part:
+    """The sums of the windows ``starts`` in ``region`` (read at ``origin``); the pass's
+    gate is told when the region is taken and while its windows run."""
+    run.gate.started()
+    try:
+        return _accumulate(region, starts, origin, run.predict, run.window, run.weights,
+                           run.out_channels, run.batch_size)
+    finally:
+        run.gate.ended()
+
+
 def _spill(run: _Pass, box: Box, starts: list[tuple[int, int]], origin: tuple[int, int],
            region: np.ndarray) -> Part:
     """What the windows ``starts`` of a chunk that is not computed (its result is kept
     from an earlier run) add to the chunk ``box``: they are predicted again, and their
     sums cut to the box, as :func:`_cut_own` would have cut them from the chunk's own."""
-    run.gate.started()
-    try:
-        part = _accumulate(region, starts, origin, run.predict, run.window, run.weights,
-                           run.out_channels, run.batch_size)
-    finally:
-        run.gate.ended()
-    return _cut_own((None, part), box)  # type: ignore[arg-type]
+    return _strip(_predict(run, region, starts, origin), box)
 
 
 def _read_after(gate: _ReadGate, image: da.Array, index: tuple[slice, ...],

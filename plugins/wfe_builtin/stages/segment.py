@@ -160,8 +160,9 @@ class SegmentStage(Stage):
         kept = self._checkpoints(ctx, levels[0], window, k)
         done = _done_chunks(kept)
         if done:
+            blocks = next(iter(kept.values())).chunks[1:]
             ctx.log.info("%s: %d of %d chunks of stage %s kept from an earlier attempt",
-                         source, len(done), _chunk_count(levels[0], window, p), ctx.stage_id)
+                         source, len(done), len(blocks[0]) * len(blocks[1]), ctx.stage_id)
             ctx.record("chunks_resumed", len(done))
         # The coarser passes first: the first pass reads each chunk once the chunks of
         # the coarser passes it is fused with are computed, so they go in step.
@@ -269,11 +270,6 @@ def _spatial_chunks(level: Raster, window: int,
     return tuple(np.diff(ys).tolist()), tuple(np.diff(xs).tolist())
 
 
-def _chunk_count(level: Raster, window: int, p: SegmentParams) -> int:
-    ys, xs = _spatial_chunks(level, window, p)
-    return len(ys) * len(xs)
-
-
 def _done_chunks(kept: dict[str, KeptArray]) -> frozenset[tuple[int, int]]:
     """The chunks (y, x block indices) every kept output has on disk."""
     if not kept:
@@ -290,27 +286,28 @@ class _CoarseChunks:
     def __init__(self, base: Raster, level: Raster, window: int, p: SegmentParams) -> None:
         bh, bw = base.levels[0].shape[1:]
         h, w = level.levels[0].shape[1:]
-        self.base_edges = chunk_edges(bh, bw, window, p.overlap, p.chunk)
+        by, bx = chunk_edges(bh, bw, window, p.overlap, p.chunk)
         ly, lx = chunk_edges(h, w, window, p.overlap, p.chunk)
         res, base_res = level.resolutions(), base.resolutions()
         factor = integer_factor(res[0] / base_res[0]) if res and base_res else None
         # Without an integer factor the passes are refused when they are fused: any
         # chunks will do until then.
-        self._rows = self._spans(self.base_edges[0], ly, h, factor)
-        self._cols = self._spans(self.base_edges[1], lx, w, factor)
+        self._rows = self._spans(by, ly, h, factor)
+        self._cols = self._spans(bx, lx, w, factor)
 
     @staticmethod
     def _spans(edges: list[int], coarse: list[int], n: int,
                factor: int | None) -> list[range]:
-        """Per chunk of the first pass along one axis, the coarser chunks it reads."""
+        """Per chunk of the first pass along one axis, the coarser chunks it reads (found
+        as :func:`wfe.resample.resample` finds them)."""
         out = []
         for a, b in zip(edges[:-1], edges[1:], strict=True):
             if factor is None:
                 out.append(range(len(coarse) - 1))
                 continue
             s0, s1 = source_span(a, b, n, 1 / factor, "linear")
-            out.append(range(next(i for i in range(len(coarse) - 1) if coarse[i + 1] > s0),
-                             next(i for i in range(len(coarse) - 1) if coarse[i + 1] >= s1) + 1))
+            out.append(range(int(np.searchsorted(coarse, s0, "right")) - 1,
+                             int(np.searchsorted(coarse, s1, "left"))))
         return out
 
     def blocks(self, i: int, j: int) -> list[tuple[int, int, int]]:
