@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import types
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -91,6 +92,65 @@ def test_multiscale_fusion_equals_the_single_scale_runs_fused(tmp_path, registry
                      model=[MODEL.name, MODEL.name])["probabilities"].data
     assert np.abs(mean[:, :300, :300].compute() - per_scale[:, :300, :300].compute()).max() <= 1e-6
     assert np.abs(mean[:, :300, :300].compute() - fine[:, :300, :300]).max() > 1e-3
+
+
+def test_multiscale_chunks_are_fused_as_they_are_finished(tmp_path, registry, monkeypatch):
+    """With two scales, a chunk of the first pass is fused and labelled soon after it is
+    finished: what waits is a few chunks, not a row of them. On an image 24 chunks wide
+    (a stand-in model, so that only the order matters), 2 to 4 waited at most; when the
+    first pass waited only for the coarse pass's sums, not for their upsampling, 7 to 11."""
+    from dask.callbacks import Callback
+
+    from wfe_builtin.models.loader import LoadedModel
+
+    def stand_in(self, batch, tta=()):
+        return np.full((len(batch), 3, *batch.shape[2:]), 1 / 3, np.float32)
+
+    monkeypatch.setattr(LoadedModel, "predict", stand_in)
+    y, x = np.mgrid[:896, :10752]
+    pixels = da.from_array(np.stack([(y * 7 + x * 3 + c) % 251 for c in range(3)])
+                           .astype(np.uint8), chunks=(3, 512, 512))
+    raster = Raster(levels=[pixels], pixel_size=[1.0], channels=("r", "g", "b"))
+
+    class Waiting(Callback):
+        """How many first-pass chunks are finished but not yet labelled, at most."""
+
+        def __init__(self, finish: str) -> None:
+            super().__init__()
+            self.finish, self.now, self.most, self.labelled = finish, 0, 0, 0
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            name = key[0] if isinstance(key, tuple) else key
+            if name == self.finish:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            elif name.startswith("_argmax"):
+                self.now -= 1
+                self.labelled += 1
+
+    for _ in range(3):
+        labels = _run(tmp_path, registry, raster, scales=[1.0, 2.0], overlap=32, chunk=448,
+                      batch_size=2)["labels"].data
+        assert labels.numblocks == (1, 2, 24)
+        finishes = {k[0] for k in labels.__dask_graph__() if isinstance(k, tuple)
+                    and str(k[0]).endswith("-finish")}
+        first = max(finishes, key=lambda f: sum(1 for k in labels.__dask_graph__()
+                                                 if isinstance(k, tuple) and k[0] == f))
+        waiting = Waiting(first)
+        with waiting:
+            dask.compute(labels, scheduler="threads", num_workers=2, optimize_graph=False)
+        assert waiting.labelled == 48
+        assert waiting.most <= 6, waiting.most
+
+
+def test_a_scale_that_is_not_a_multiple_of_the_first_is_a_clear_error(tmp_path, registry,
+                                                                       image):
+    from wfe.errors import InputError
+
+    with pytest.raises(InputError, match=r"scale 1\.5 µm/px is not an integer multiple of "
+                                         r"the first scale 1 µm/px; list scales that are "
+                                         r"integer multiples of the first"):
+        _run(tmp_path, registry, image, scales=[1.0, 1.5])
 
 
 def test_per_scale_lists_are_checked(tmp_path, registry):

@@ -164,10 +164,12 @@ class SegmentStage(Stage):
             ctx.log.info("%s: %d of %d chunks of stage %s kept from an earlier attempt",
                          source, len(done), len(blocks[0]) * len(blocks[1]), ctx.stage_id)
             ctx.record("chunks_resumed", len(done))
-        # The coarser passes first: the first pass reads each chunk once the chunks of
-        # the coarser passes it is fused with are computed, so they go in step.
+        # The coarser passes first, each upsampled to the first pass's chunks: the first
+        # pass reads a chunk only once the upsampled chunks it is fused with are computed,
+        # so a chunk of it is fused as soon as it is finished (see docs/inference.md).
         reads = [_CoarseChunks(levels[0], level, window, p) for level in levels[1:]]
-        passes = []
+        spatial = _spatial_chunks(levels[0], window, p)
+        ups: list[da.Array] = []
         skipped = total = run_windows = 0
         for n in [*range(1, len(levels)), 0]:
             level, model = levels[n], models[n]
@@ -187,35 +189,23 @@ class SegmentStage(Stage):
                 needed = lambda i, j: (i, j) not in done  # noqa: E731
             elif done:
                 needed = reads[n - 1].needed(done)
-            after = [] if n else [(sums, coarse.blocks)
-                                  for (_, sums), coarse in zip(passes, reads, strict=True)]
+            after = [] if n else [(up, _same_block) for up in ups]
             sums = sliding_window_sums(
                 arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
                 batch_size=batch_size, keep=keep, needed=needed, after=after)
-            passes.append((level, sums))
-        passes.insert(0, passes.pop())
+            if n:
+                ups.append(_upsampled(sums, background, level, levels[0], spatial, ctx.stage_id))
 
-        base_level, sums = passes[0]
+        base_level = levels[0]
         fused = blended(sums, background)
-        if len(passes) == 1:
+        if not ups:
             # Labels straight from the sums, so a run that keeps only labels never
             # divides (a third of the engine's own work per chunk after reading).
             labels = sums.map_blocks(_labels_from_sums, background, dtype=np.uint8,
                                      chunks=((1,), *sums.chunks[1:]))
         else:
-            shape = fused.shape[1:]
-            ups = [fused]
-            for level, level_sums in passes[1:]:
-                probs = blended(level_sums, background)
-                res, base_res = level.resolutions(), base_level.resolutions()
-                factor = integer_factor(res[0] / base_res[0]) if res and base_res else None
-                if factor is None:
-                    raise InputError(f"stage {ctx.stage_id}: scale {_size(level)} is not an "
-                                     f"integer multiple of the first scale {_size(base_level)}",
-                                     "list scales that are integer multiples of the first")
-                ups.append(resample(probs, 1 / factor, shape, "linear",
-                                    chunk=fused.chunks[1][0]).rechunk(fused.chunks))
+            ups.insert(0, fused)
             if p.fuse == "max":
                 fused = da.stack(ups).max(axis=0)
                 fused = fused / fused.sum(axis=0, keepdims=True)
@@ -263,6 +253,26 @@ class SegmentStage(Stage):
         return kept
 
 
+def _same_block(i: int, j: int) -> list[tuple[int, int, int]]:
+    """The block of an upsampled coarser pass that the first pass's chunk (i, j) is fused
+    with: the same one (both are chunked alike)."""
+    return [(0, i, j)]
+
+
+def _upsampled(sums: da.Array, background: np.ndarray, level: Raster, base: Raster,
+               spatial: tuple[tuple[int, ...], tuple[int, ...]], stage_id: str) -> da.Array:
+    """A coarser pass's blended predictions, upsampled to the first pass's grid and chunks."""
+    res, base_res = level.resolutions(), base.resolutions()
+    factor = integer_factor(res[0] / base_res[0]) if res and base_res else None
+    if factor is None:
+        raise InputError(f"stage {stage_id}: scale {_size(level)} is not an integer multiple "
+                         f"of the first scale {_size(base)}",
+                         "list scales that are integer multiples of the first")
+    shape = (sum(spatial[0]), sum(spatial[1]))
+    return resample(blended(sums, background), 1 / factor, shape, "linear",
+                    chunk=spatial[0][0]).rechunk(((len(background),), *spatial))
+
+
 def _spatial_chunks(level: Raster, window: int,
                     p: SegmentParams) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The y and x chunks of a pass over ``level`` (:func:`wfe.stitch.chunk_edges`)."""
@@ -290,7 +300,7 @@ class _CoarseChunks:
         ly, lx = chunk_edges(h, w, window, p.overlap, p.chunk)
         res, base_res = level.resolutions(), base.resolutions()
         factor = integer_factor(res[0] / base_res[0]) if res and base_res else None
-        # Without an integer factor the passes are refused when they are fused: any
+        # Without an integer factor the pass is refused when it is upsampled: any
         # chunks will do until then.
         self._rows = self._spans(by, ly, h, factor)
         self._cols = self._spans(bx, lx, w, factor)
