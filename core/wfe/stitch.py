@@ -317,12 +317,34 @@ def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
         run.gate.ended()
 
 
-def _spill(run: _Pass, box: Box, starts: list[tuple[int, int]], origin: tuple[int, int],
-           region: np.ndarray) -> Part:
-    """What the windows ``starts`` of a chunk that is not computed (its result is kept
-    from an earlier run) add to the chunk ``box``: they are predicted again, and their
-    sums cut to the box, as :func:`_cut_own` would have cut them from the chunk's own."""
-    return _strip(_predict(run, region, starts, origin), box)
+def _reaching(starts: list[tuple[int, int]], box: Box, window: int) -> list[tuple[int, int]]:
+    """The windows among ``starts`` that reach into ``box``."""
+    return [(y, x) for y, x in starts
+            if y < box[1] and box[0] < y + window and x < box[3] and box[2] < x + window]
+
+
+def _reaching_needed(starts: list[tuple[int, int]], k: int, m: int, reach: int,
+                     y_edges: list[int], x_edges: list[int],
+                     needed: Callable[[int, int], bool], window: int) -> list[tuple[int, int]]:
+    """The windows of the chunk (k, m), which is not needed, that reach a needed chunk to
+    its right or below: each is run once, whichever and however many chunks it reaches."""
+    boxes = [(y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
+             for i in range(k, min(k + reach, len(y_edges) - 2) + 1)
+             for j in range(m, min(m + reach, len(x_edges) - 2) + 1)
+             if (i, j) != (k, m) and needed(i, j)]
+    return [s for s in starts if any(_reaching([s], b, window) for b in boxes)]
+
+
+def _add_spill(layer: dict[Any, Any], key: tuple[Any, ...], read_key: tuple[Any, ...],
+               run: _Pass, image: da.Array, starts: list[tuple[int, int]]) -> None:
+    """Tasks predicting ``starts`` again, the windows of a chunk that is not computed (its
+    result is kept from an earlier run) that reach needed chunks: their sums, from which
+    each such chunk's strip is cut as :func:`_cut_own` cuts it from a chunk's own."""
+    y0, x0 = min(y for y, _ in starts), min(x for _, x in starts)
+    index = (slice(None), slice(y0, max(y for y, _ in starts) + run.window),
+             slice(x0, max(x for _, x in starts) + run.window))
+    layer[read_key] = (partial(run.gate.read, image, index),)
+    layer[key] = (partial(_predict, run, starts=starts, origin=(y0, x0)), read_key)
 
 
 def _read_after(gate: _ReadGate, image: da.Array, index: tuple[slice, ...],
@@ -466,18 +488,14 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
             for k in range(max(i - reach, 0), i + 1):
                 for m in range(max(j - reach, 0), j + 1):
                     if (k, m) in skipped:
-                        reaching = [(y, x) for y, x in skipped[(k, m)]
-                                    if y < box[1] and box[0] < y + window
-                                    and x < box[3] and box[2] < x + window]
-                        if reaching:
-                            sy0, sx0 = min(y for y, _ in reaching), min(x for _, x in reaching)
-                            index = (slice(None), slice(sy0, max(y for y, _ in reaching) + window),
-                                     slice(sx0, max(x for _, x in reaching) + window))
-                            layer[(spill_read, i, j, k, m)] = (partial(gate.read, image, index),)
-                            layer[(spill, i, j, k, m)] = (
-                                partial(_spill, run, box, reaching, (sy0, sx0)),
-                                (spill_read, i, j, k, m))
-                            incoming.append((spill, i, j, k, m))
+                        if _reaching(skipped[(k, m)], box, window):
+                            if (spill, k, m) not in layer:  # needed: ``needed`` was given
+                                _add_spill(layer, (spill, k, m), (spill_read, k, m), run, image,
+                                           _reaching_needed(skipped[(k, m)], k, m, reach,
+                                                            y_edges, x_edges, needed, window))
+                            layer[(cut, i, j, k, m)] = (partial(_strip, box=box),
+                                                        (spill, k, m))
+                            incoming.append((cut, i, j, k, m))
                         continue
                     if (k, m) not in regions:
                         continue
