@@ -28,7 +28,8 @@ from wfe.stage import InputFields
 from wfe.warm_start import heap_key, remember_heap, touch_remembered_heap
 from wfe.workflow import Workflow
 
-__all__ = ["BatchResult", "expand_inputs", "output_root", "run_batch"]
+__all__ = ["BatchResult", "InputJob", "JobResult", "expand_inputs", "output_root", "run_batch",
+           "run_job"]
 
 log = logging.getLogger("wfe")
 
@@ -101,10 +102,79 @@ def _remove_left_behind(folder: Path) -> None:
         remove_output(path)
 
 
+@dataclass(frozen=True)
+class InputJob:
+    """One input of a batch: what running it takes besides the workflow, as the batch
+    hands it to whoever runs it (this process, or a worker of a cluster)."""
+
+    path: Path
+    output: Path
+    #: The input's entry in the ledger, and the fingerprint of its work.
+    key: str
+    fingerprint: str
+    root: Path
+    device: str
+    workers: int | None
+    #: Compute every chunk again (``--no-resume``): no chunk kept by an earlier attempt.
+    fresh: bool
+
+
+@dataclass
+class JobResult:
+    """How an input ended: its run.json record and, for a failure, its traceback."""
+
+    record: dict[str, Any]
+    trace: str | None = None
+    #: Not a :class:`WfeError` (a crash): its traceback is in ``wfe.log``.
+    unexpected: bool = False
+
+
+def run_job(job: InputJob, workflow: Workflow, registry: Registry, ledger: Ledger,
+            callbacks: tuple[Any, ...] = ()) -> JobResult:
+    """Run one input, recording it in ``ledger``; its failure is returned, not raised.
+
+    What an earlier attempt whose process died left behind is removed first, and the
+    outputs it committed (unchanged since) may be replaced.
+    """
+    record: dict[str, Any] = {"status": "running", "output": None, "error": None}
+    result = JobResult(record)
+    t0 = time.perf_counter()
+    log.info("start %s", job.path)
+    earlier = ledger.entry(job.key)
+    replaceable = earlier.replaceable() if earlier is not None else set()
+    if earlier is not None and earlier.status == "running" and not earlier.process_alive():
+        _remove_left_behind(job.output)
+    ledger.start(job.key, job.fingerprint)
+    checkpoints = Checkpoints(job.output / CHECKPOINT_FOLDER, job.fingerprint)
+    if job.fresh:
+        checkpoints.remove()  # every chunk computed again
+    try:
+        record["output"] = str(job.output)
+        job.output.mkdir(parents=True, exist_ok=True)
+        summary = run_input(workflow, job.path, job.output, registry, device=job.device,
+                            workers=job.workers, root=job.root, callbacks=callbacks,
+                            replaceable=replaceable,
+                            committed=partial(ledger.committed, job.key),
+                            checkpoints=checkpoints)
+        record.update(status="done", **summary)
+        log.info("done %s in %.1f s", job.path, time.perf_counter() - t0)
+    except WfeError as exc:
+        record.update(status="failed", error=exc.line())
+        result.trace = traceback.format_exc()
+        log.error("failed %s: %s", job.path, exc.line())
+    except Exception as exc:  # noqa: BLE001 - one input's crash is that input's failure
+        record.update(status="failed", error=f"{job.path}: {type(exc).__name__}: {exc}")
+        result.trace, result.unexpected = traceback.format_exc(), True
+        log.error("failed %s\n%s", job.path, result.trace)
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    ledger.finish(job.key, record["status"], record)
+    return result
+
+
 def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
               output_template: str, device: str = "auto", workers: int | None = None,
               debug: bool = False, console: Console | None = None,
-              resume: bool = True) -> BatchResult:
+              resume: bool = True, scheduler: str | None = None) -> BatchResult:
     """Run ``workflow`` on each input, recording each in ``run.json`` (and showing it in
     ``report.html``) as it finishes.
 
@@ -113,6 +183,9 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     carried over, marked ``resumed``; an input an earlier attempt left unfinished keeps
     the chunks that attempt finished (:mod:`wfe.checkpoint`). Either way, outputs an
     earlier run wrote for an input, unchanged since, may be replaced when it runs again.
+
+    With ``scheduler`` (a dask.distributed scheduler's address), the inputs run on that
+    cluster's workers, one input per task (:mod:`wfe.cluster`).
     """
     console = console or Console(stderr=True)
     try:
@@ -132,19 +205,27 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     log.setLevel(logging.INFO)
     try:
         ledger = Ledger(root)
+        client = None
+        if scheduler is not None:
+            from wfe.cluster import connect
+
+            client = connect(scheduler)
     except BaseException:
         log.removeHandler(handler)
         handler.close()
         raise
-    # Before the progress display's thread starts: the heap settings count for threads
-    # that have not allocated yet, and the heap is touched on a thread of its own.
-    fix_heap_thresholds()
     key = heap_key(workflow, device, workers)
-    touch_remembered_heap(key)
+    if client is None:
+        # Before the progress display's thread starts: the heap settings count for
+        # threads that have not allocated yet, and the heap is touched on a thread of
+        # its own.
+        fix_heap_thresholds()
+        touch_remembered_heap(key)
     result = BatchResult(root=root)
     workflow_print = workflow_fingerprint(workflow, device)
-    unwritten = False  # records carried over since run.json was last written
     run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
+    jobs: list[InputJob] = []
+    named: dict[str, str] = {}  # each job's ledger key -> its key in run.json
     try:
         with make_progress(console) as progress:
             overall = progress.add_task("inputs", total=len(inputs))
@@ -158,57 +239,50 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                     log.info("skip %s: done by an earlier run of this workflow, and "
                              "unchanged since", path)
                     progress.advance(overall)
-                    unwritten = True  # written with the next input that runs, or at the end
                     continue
-                record: dict[str, Any] = {"status": "running", "output": None, "error": None}
-                result.records[str(path)] = record
-                t0 = time.perf_counter()
-                log.info("start %s", path)
-                task = progress.add_task(path.name, total=None)
-                replaceable = earlier.replaceable() if earlier is not None else set()
-                if (earlier is not None and earlier.status == "running"
-                        and not earlier.process_alive()):
-                    _remove_left_behind(out)
-                ledger.start(entry_key, print_)
-                checkpoints = Checkpoints(out / CHECKPOINT_FOLDER, print_)
-                if not resume:
-                    checkpoints.remove()  # every chunk computed again
-                try:
-                    record["output"] = str(out)
-                    out.mkdir(parents=True, exist_ok=True)
-                    summary = run_input(workflow, path, out, registry, device=device,
-                                        workers=workers, root=root,
-                                        callbacks=(DaskProgress(progress, task),),
-                                        replaceable=replaceable,
-                                        committed=partial(ledger.committed, entry_key),
-                                        checkpoints=checkpoints)
-                    record.update(status="done", **summary)
+                result.records[str(path)] = {"status": "queued" if client else "running",
+                                             "output": None, "error": None}
+                jobs.append(InputJob(path, out, entry_key, print_, root, device, workers,
+                                     fresh=not resume))
+                named[entry_key] = str(path)
+
+            def ended(job: InputJob, outcome: JobResult, task: Any = None) -> None:
+                record = outcome.record
+                result.records[named[job.key]] = record
+                if record["status"] == "done" and client is None:
                     remember_heap(key)  # after the process's first input only
-                    log.info("done %s in %.1f s", path, time.perf_counter() - t0)
-                except WfeError as exc:
-                    record.update(status="failed", error=exc.line())
-                    log.error("failed %s: %s", path, exc.line())
-                    console.print(f"[red]error:[/red] {exc.line()}", markup=True, highlight=False,
-                                  soft_wrap=True)
-                    if debug:
-                        console.print(traceback.format_exc())
-                except Exception as exc:  # noqa: BLE001 - one input's crash is that input's failure
-                    line = f"{path}: {type(exc).__name__}: {exc}"
-                    record.update(status="failed", error=line)
-                    log.error("failed %s\n%s", path, traceback.format_exc())
-                    console.print(f"[red]error:[/red] {line} (see {root / 'wfe.log'})",
-                                  markup=True, highlight=False, soft_wrap=True)
-                    if debug:
-                        console.print(traceback.format_exc())
-                record["seconds"] = round(time.perf_counter() - t0, 3)
-                ledger.finish(entry_key, record["status"], record)
-                progress.update(task, visible=False)
+                _tell(console, outcome, root, debug)
+                if task is not None:
+                    progress.update(task, visible=False)
                 progress.advance(overall)
                 _write_results(root, run_json)
-                unwritten = False
-        if unwritten:
-            _write_results(root, run_json)
+
+            if client is not None:
+                from wfe.cluster import run_on_cluster
+
+                try:
+                    run_on_cluster(client, workflow, jobs, ended)
+                finally:
+                    client.close()
+            else:
+                for job in jobs:
+                    task = progress.add_task(job.path.name, total=None)
+                    ended(job, run_job(job, workflow, registry, ledger,
+                                       callbacks=(DaskProgress(progress, task),)), task)
+        _write_results(root, run_json)
     finally:
         log.removeHandler(handler)
         handler.close()
     return result
+
+
+def _tell(console: Console, outcome: JobResult, root: Path, debug: bool) -> None:
+    """Show a failed input's one line (and, with ``debug``, its traceback)."""
+    error = outcome.record.get("error")
+    if outcome.record["status"] == "done" or not error:
+        return
+    hint = f" (see {root / 'wfe.log'})" if outcome.unexpected else ""
+    console.print(f"[red]error:[/red] {error}{hint}", markup=True, highlight=False,
+                  soft_wrap=True)
+    if debug and outcome.trace:
+        console.print(outcome.trace)

@@ -86,6 +86,9 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="Override: STAGE.KEY=VALUE.")] = [],  # noqa: B006
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Worker threads (default: cores).")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="A dask.distributed scheduler's address (tcp://host:8786): the inputs run on "
+             "its workers, one input per task; paths must be the same on every machine.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume",
         help="Skip inputs an earlier run into this output root finished, with the same "
@@ -98,6 +101,10 @@ def run(
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(WfeError(f"--device {device!r} is not one of auto, cpu, cuda"), EXIT_USAGE)
+    if workers is not None and scheduler is not None:
+        _fail(WfeError("--workers and --scheduler exclude each other",
+                       "with --scheduler each worker runs one input on its machine's cores "
+                       "(start workers with `dask worker ADDRESS --nthreads 1`)"), EXIT_USAGE)
     registry = _registry()
     try:
         wf = load_workflow(workflow, registry, set_)
@@ -111,7 +118,8 @@ def run(
     template = str(output / "{input.stem}") if output is not None else wf.output
     try:
         result = run_batch(wf, inputs, registry, output_template=template, device=device,
-                           workers=workers, debug=debug, console=err, resume=resume)
+                           workers=workers, debug=debug, console=err, resume=resume,
+                           scheduler=scheduler)
     except WfeError as exc:
         _fail(exc, EXIT_USAGE, debug)
     done = len(result.records) - len(result.failed)
