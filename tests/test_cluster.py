@@ -39,9 +39,14 @@ def cluster():
     """A cluster of two worker processes, one thread each, on this machine."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as local, Client(local) as client:
-        yield local.scheduler_address, client
+    environ = dict(os.environ)  # dask's nanny sets its workers' variables here too
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as local, Client(local) as client:
+            yield local.scheduler_address, client
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,12 @@ def workflow(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("workflow") / "seg.yaml"
     path.write_text(SEGMENT.replace("MODEL", str(MODEL)))
     return path
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _ledger_pids(root: Path) -> dict[str, int]:
@@ -80,6 +91,10 @@ def test_inputs_run_on_the_workers_and_a_bad_one_is_its_own_failure(tmp_path, cl
     assert {pids[str(p.resolve())] for p in (first, second, bad)} <= workers
     log = (out / "wfe.log").read_text()
     assert any(f":{pid}] done {first}" in log for pid in workers)
+    # A worker of one thread runs its model on every core (dask starts it with
+    # OMP_NUM_THREADS=1).
+    cores = len(os.sched_getaffinity(0))
+    assert set(client.run(_torch_threads).values()) == {cores}
     # The same labels as a run in this process.
     local = run_cli("run", workflow, "-i", first, "-i", second, "-o", tmp_path / "local")
     assert local.code == 0, local.stderr

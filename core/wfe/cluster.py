@@ -14,6 +14,7 @@ connects, hands out the inputs, and writes ``run.json`` as they finish.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import uuid
@@ -75,8 +76,8 @@ def run_on_cluster(client: Any, workflow: Workflow, jobs: Iterable[Any],
             job = futures[future]
             try:
                 outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - the worker died, or the job was lost
-                line = (f"{job.path}: the worker running it was lost ({type(exc).__name__}: "
+            except Exception as exc:  # noqa: BLE001 - its workers died, or it could not be sent
+                line = (f"{job.path}: the cluster could not run it ({type(exc).__name__}: "
                         f"{exc})")
                 outcome = JobResult({"status": "failed", "output": str(job.output),
                                      "error": line}, unexpected=True)
@@ -95,8 +96,33 @@ def _run_remote(job: Any, workflow: Workflow) -> Any:
     from wfe.ledger import Ledger
     from wfe.plugins import get_registry
 
+    threads = _threads_per_input()
+    if job.workers is None:
+        job = replace(job, workers=threads)
     with _logging_to(job.root):
         return run_job(job, workflow, get_registry(), Ledger(job.root))
+
+
+def _threads_per_input() -> int:
+    """The threads one input gets on this worker: its machine's cores shared among the
+    worker's threads (one input per thread).
+
+    dask's nanny starts a worker with ``OMP_NUM_THREADS=1`` and the like
+    (``distributed.nanny.pre-spawn-environ``), for workers whose threads each run small
+    tasks; here one task is a whole input, which would then run its model on one core.
+    Those values, where they are still dask's, are raised to this share before the first
+    input imports the model's libraries (which read them once, when imported).
+    """
+    import dask
+    from distributed import get_worker
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // max(1, get_worker().state.nthreads))
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    for name, value in environ.items():
+        if name.endswith("_NUM_THREADS") and os.environ.get(name) == str(value):
+            os.environ[name] = str(threads)
+    return threads
 
 
 @contextmanager
