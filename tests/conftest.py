@@ -13,6 +13,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "workflows" / "models" / "demo.safetensors"
 
+#: Segment with the demo model at 1 µm in chunks of 448 and write the labels as OME-Zarr:
+#: a slide in many chunks, for stopping one midway.
+SEGMENT_LABELS = f"""
+wfe: 1
+stages:
+  - {{id: image, uses: read, with: {{mpp: 1.0}}}}
+  - id: seg
+    uses: segment
+    with: {{image: image, model: {MODEL}, window: 512, overlap: 64, chunk: 448, batch_size: 4}}
+  - {{id: save, uses: write, with: {{data: seg.labels, path: "{{output}}/labels.ome.zarr"}}}}
+"""
+
+
+def wait_for_files(folder: Path, count: int, proc: subprocess.Popen,
+                   timeout: float = 300) -> bool:
+    """Wait until ``folder`` holds ``count`` files (chunks a checkpoint kept) while
+    ``proc`` runs; whether it got there."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.exists() and sum(1 for p in folder.rglob("*") if p.is_file()) >= count:
+            return True
+        time.sleep(0.01)
+    return False
+
 
 @dataclass
 class CliResult:

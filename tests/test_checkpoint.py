@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 
-from conftest import MODEL, counted_chunks, ome_zarr_level, run_cli
+from conftest import MODEL, SEGMENT_LABELS, counted_chunks, ome_zarr_level, run_cli, wait_for_files
 from wfe.checkpoint import CHECKPOINT_FOLDER, Checkpoints, KeptArray
 from wfe.grid import WindowGrid
 from wfe.stage import StageContext
@@ -191,15 +190,6 @@ def test_a_stopped_segmentation_resumes_from_its_chunks(tmp_path, registry, slid
     assert not elsewhere.folder.exists() and "chunks_resumed" not in info
 
 
-SEGMENT = """
-wfe: 1
-stages:
-  - {id: image, uses: read, with: {mpp: 1.0}}
-  - id: seg
-    uses: segment
-    with: {image: image, model: MODEL, window: 512, overlap: 64, chunk: 448, batch_size: 4}
-  - {id: save, uses: write, with: {data: seg.labels, path: "{output}/labels.ome.zarr"}}
-"""
 
 
 @pytest.mark.slow
@@ -210,18 +200,14 @@ def test_a_killed_run_keeps_the_chunks_it_finished(tmp_path):
 
     slide = write_slide(SyntheticSlide(6144, 6144, mpp=0.5, seed=8), tmp_path / "s.tiff")
     workflow = tmp_path / "seg.yaml"
-    workflow.write_text(SEGMENT.replace("MODEL", str(MODEL)))
+    workflow.write_text(SEGMENT_LABELS)
     out = tmp_path / "out"
     checkpoint = out / "s" / CHECKPOINT_FOLDER / "seg" / "labels.zarr" / "c"
     proc = subprocess.Popen([sys.executable, "-m", "wfe", "run", str(workflow), "-i", str(slide),
                              "-o", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if checkpoint.exists() and sum(1 for p in checkpoint.rglob("*") if p.is_file()) >= 3:
-                break
-            time.sleep(0.01)
+        wait_for_files(checkpoint, 3, proc)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()

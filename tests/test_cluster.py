@@ -17,21 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MODEL, ome_zarr_level, run_cli
+from conftest import SEGMENT_LABELS, ome_zarr_level, run_cli, wait_for_files
 from wfe.checkpoint import CHECKPOINT_FOLDER
 from wfe_builtin.synthetic import SyntheticSlide, write_slide
 
 pytestmark = pytest.mark.slow
 
-SEGMENT = """
-wfe: 1
-stages:
-  - {id: image, uses: read, with: {mpp: 1.0}}
-  - id: seg
-    uses: segment
-    with: {image: image, model: MODEL, window: 512, overlap: 64, chunk: 448, batch_size: 4}
-  - {id: save, uses: write, with: {data: seg.labels, path: "{output}/labels.ome.zarr"}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("workflow") / "seg.yaml"
-    path.write_text(SEGMENT.replace("MODEL", str(MODEL)))
+    path.write_text(SEGMENT_LABELS)
     return path
 
 
@@ -123,13 +114,9 @@ def test_a_worker_killed_midway_costs_only_the_chunks_under_way(tmp_path, cluste
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if checkpoint.exists() and sum(1 for p in checkpoint.rglob("*") if p.is_file()) >= 3:
-                killed = _ledger_pids(out)[str(slide.resolve())]
-                os.kill(killed, signal.SIGKILL)
-                break
-            time.sleep(0.01)
+        if wait_for_files(checkpoint, 3, proc):
+            killed = _ledger_pids(out)[str(slide.resolve())]
+            os.kill(killed, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:

@@ -28,8 +28,8 @@ from wfe.stage import InputFields
 from wfe.warm_start import heap_key, remember_heap, touch_remembered_heap
 from wfe.workflow import Workflow
 
-__all__ = ["BatchResult", "InputJob", "JobResult", "expand_inputs", "output_root", "run_batch",
-           "run_job"]
+__all__ = ["BatchResult", "InputJob", "JobResult", "expand_inputs", "log_to_file", "output_root",
+           "run_batch", "run_job"]
 
 log = logging.getLogger("wfe")
 
@@ -93,6 +93,16 @@ def _write_results(root: Path, run_json: dict[str, Any]) -> None:
     """``run.json`` and the page that shows it (``report.html``)."""
     _write_text(root / "run.json", json.dumps(run_json, indent=2, default=str))
     _write_text(root / REPORT, render_report(root, run_json))
+
+
+def log_to_file(root: Path, tag: str = "") -> logging.Handler:
+    """Send wfe's log, from INFO up, to ``root/wfe.log`` too, each line marked ``tag`` (a
+    logging format, e.g. a worker's host and process id); the handler, for removing it."""
+    handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
 
 
 def _remove_left_behind(folder: Path) -> None:
@@ -196,13 +206,10 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     root = output_root(output_template)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
+        handler = log_to_file(root)
     except OSError as exc:
         raise WfeError(f"cannot write to the output folder {root} ({exc.strerror or exc})",
                        "choose a folder you can write to with -o DIR") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
     try:
         ledger = Ledger(root)
         client = None
@@ -225,7 +232,6 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     workflow_print = workflow_fingerprint(workflow, device)
     run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
     jobs: list[InputJob] = []
-    named: dict[str, str] = {}  # each job's ledger key -> its key in run.json
     try:
         with make_progress(console) as progress:
             overall = progress.add_task("inputs", total=len(inputs))
@@ -244,11 +250,10 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                                              "output": None, "error": None}
                 jobs.append(InputJob(path, out, entry_key, print_, root, device, workers,
                                      fresh=not resume))
-                named[entry_key] = str(path)
 
             def ended(job: InputJob, outcome: JobResult, task: Any = None) -> None:
                 record = outcome.record
-                result.records[named[job.key]] = record
+                result.records[str(job.path)] = record
                 if record["status"] == "done" and client is None:
                     remember_heap(key)  # after the process's first input only
                 _tell(console, outcome, root, debug)

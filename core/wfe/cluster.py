@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from wfe.cores import available_cores
 from wfe.errors import WfeError
 from wfe.workflow import Workflow
 
@@ -116,8 +117,7 @@ def _threads_per_input() -> int:
     import dask
     from distributed import get_worker
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // max(1, get_worker().state.nthreads))
+    threads = max(1, available_cores() // max(1, get_worker().state.nthreads))
     environ = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
     for name, value in environ.items():
         if name.endswith("_NUM_THREADS") and os.environ.get(name) == str(value):
@@ -131,12 +131,9 @@ def _logging_to(root: Path) -> Iterator[None]:
     per root, however many of its inputs the worker runs at once)."""
     with _log_lock:
         if root not in _log_files:
-            handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
-            handler.setFormatter(logging.Formatter(
-                f"%(asctime)s %(levelname)s [{socket.gethostname()}:%(process)d] %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-            _log_files[root] = (handler, 0)
+            from wfe.batch import log_to_file
+
+            _log_files[root] = (log_to_file(root, f"[{socket.gethostname()}:%(process)d] "), 0)
         handler, users = _log_files[root]
         _log_files[root] = (handler, users + 1)
     try:

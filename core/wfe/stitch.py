@@ -25,7 +25,6 @@ always ends, so it never deadlocks, whatever the number of workers.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections import deque
@@ -43,6 +42,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.local import get_sync
 from dask.threaded import get as get_threaded
 
+from wfe.cores import available_cores
 from wfe.grid import WindowGrid, blend_weights
 
 __all__ = ["blend_block", "blended", "chunk_edges", "read_region", "sliding_window_map",
@@ -190,13 +190,6 @@ def _block(window: int, overlap: int, chunk: int) -> int:
     return max(1, round(chunk / stride)) * stride
 
 
-def _cores() -> int:
-    """Cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 class _ReadGate:
     """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks."""
 
@@ -223,7 +216,7 @@ class _ReadGate:
                 self._changed.wait()
             self._waiting += 1
         try:
-            return read_region(image, region, workers=_cores() if first else 1)
+            return read_region(image, region, workers=available_cores() if first else 1)
         except BaseException:
             self._update(waiting=-1)
             raise
@@ -317,10 +310,10 @@ def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
         run.gate.ended()
 
 
-def _reaching(starts: list[tuple[int, int]], box: Box, window: int) -> list[tuple[int, int]]:
-    """The windows among ``starts`` that reach into ``box``."""
-    return [(y, x) for y, x in starts
-            if y < box[1] and box[0] < y + window and x < box[3] and box[2] < x + window]
+def _reaches(start: tuple[int, int], box: Box, window: int) -> bool:
+    """Whether the window at ``start`` reaches into ``box``."""
+    y, x = start
+    return y < box[1] and box[0] < y + window and x < box[3] and box[2] < x + window
 
 
 def _reaching_needed(starts: list[tuple[int, int]], k: int, m: int, reach: int,
@@ -332,7 +325,7 @@ def _reaching_needed(starts: list[tuple[int, int]], k: int, m: int, reach: int,
              for i in range(k, min(k + reach, len(y_edges) - 2) + 1)
              for j in range(m, min(m + reach, len(x_edges) - 2) + 1)
              if (i, j) != (k, m) and needed(i, j)]
-    return [s for s in starts if any(_reaching([s], b, window) for b in boxes)]
+    return [s for s in starts if any(_reaches(s, b, window) for b in boxes)]
 
 
 def _add_spill(layer: dict[Any, Any], key: tuple[Any, ...], read_key: tuple[Any, ...],
@@ -488,7 +481,7 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
             for k in range(max(i - reach, 0), i + 1):
                 for m in range(max(j - reach, 0), j + 1):
                     if (k, m) in skipped:
-                        if _reaching(skipped[(k, m)], box, window):
+                        if any(_reaches(s, box, window) for s in skipped[(k, m)]):
                             if (spill, k, m) not in layer:  # needed: ``needed`` was given
                                 _add_spill(layer, (spill, k, m), (spill_read, k, m), run, image,
                                            _reaching_needed(skipped[(k, m)], k, m, reach,
