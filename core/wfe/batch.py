@@ -6,8 +6,11 @@ import glob
 import json
 import logging
 import os
+import socket
 import time
 import traceback
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -18,7 +21,7 @@ from rich.console import Console
 from wfe.checkpoint import CHECKPOINT_FOLDER, Checkpoints
 from wfe.errors import WfeError
 from wfe.heap import fix_heap_thresholds
-from wfe.ledger import Ledger, input_fingerprint, workflow_fingerprint
+from wfe.ledger import BEAT_S, Claim, Entry, Ledger, input_fingerprint, workflow_fingerprint
 from wfe.plugins import Registry
 from wfe.progress import DaskProgress, make_progress
 from wfe.report import REPORT, render_report
@@ -32,6 +35,12 @@ __all__ = ["BatchResult", "InputJob", "JobResult", "expand_inputs", "log_to_file
            "run_batch", "run_job"]
 
 log = logging.getLogger("wfe")
+
+#: How often a run waiting for inputs other runs hold looks at the ledger (seconds).
+POLL_S = 3.0
+#: How long another run's stamp may stay unchanged before its input is taken over
+#: (seconds; it stamps every ``BEAT_S``).
+STALE_S = 8 * BEAT_S
 
 
 @dataclass
@@ -49,6 +58,11 @@ class BatchResult:
     def resumed(self) -> list[str]:
         """Inputs done in an earlier run and not run again."""
         return [k for k, r in self.records.items() if r.get("resumed")]
+
+    @property
+    def concurrent(self) -> list[str]:
+        """Inputs another run sharing the output root ran while this one ran."""
+        return [k for k, r in self.records.items() if r.get("concurrent")]
 
 
 def expand_inputs(patterns: list[str], base: Path) -> list[Path]:
@@ -84,7 +98,7 @@ def _input_output(template: str, path: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -95,11 +109,13 @@ def _write_results(root: Path, run_json: dict[str, Any]) -> None:
     _write_text(root / REPORT, render_report(root, run_json))
 
 
-def log_to_file(root: Path, tag: str = "") -> logging.Handler:
-    """Send wfe's log, from INFO up, to ``root/wfe.log`` too, each line marked ``tag`` (a
-    logging format, e.g. a worker's host and process id); the handler, for removing it."""
+def log_to_file(root: Path) -> logging.Handler:
+    """Send wfe's log, from INFO up, to ``root/wfe.log`` too, each line marked with the
+    host and process that wrote it (several runs, or a cluster's workers, may share the
+    file); the handler, for removing it."""
     handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(message)s"))
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s [{socket.gethostname()}:%(process)d] %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
@@ -140,32 +156,37 @@ class JobResult:
 
 
 def run_job(job: InputJob, workflow: Workflow, registry: Registry, ledger: Ledger,
-            callbacks: tuple[Any, ...] = ()) -> JobResult:
+            callbacks: tuple[Any, ...] = (), claim: Claim | None = None) -> JobResult:
     """Run one input, recording it in ``ledger``; its failure is returned, not raised.
 
-    What an earlier attempt whose process died left behind is removed first, and the
-    outputs it committed (unchanged since) may be replaced.
+    ``claim``: this process's granted claim on the input (:meth:`Ledger.claim`); without
+    one the input is taken over, whoever held it (a cluster's scheduler decides who runs
+    what). What an earlier attempt whose process died left behind is removed first, and
+    the outputs it committed (unchanged since) may be replaced.
     """
-    record: dict[str, Any] = {"status": "running", "output": None, "error": None}
+    record: dict[str, Any] = {"status": "running", "output": None, "error": None,
+                              "process": f"{socket.gethostname()}:{os.getpid()}"}
     result = JobResult(record)
     t0 = time.perf_counter()
+    if claim is None:
+        claim = ledger.claim(job.key, job.fingerprint, take_over=True)
     log.info("start %s", job.path)
-    earlier = ledger.entry(job.key)
+    earlier = claim.earlier
     replaceable = earlier.replaceable() if earlier is not None else set()
-    if earlier is not None and earlier.status == "running" and not earlier.process_alive():
-        _remove_left_behind(job.output)
-    ledger.start(job.key, job.fingerprint)
+    if earlier is not None and earlier.status == "running":
+        _remove_left_behind(job.output)  # its process is gone, or this is a takeover
     checkpoints = Checkpoints(job.output / CHECKPOINT_FOLDER, job.fingerprint)
     if job.fresh:
         checkpoints.remove()  # every chunk computed again
     try:
         record["output"] = str(job.output)
         job.output.mkdir(parents=True, exist_ok=True)
-        summary = run_input(workflow, job.path, job.output, registry, device=job.device,
-                            workers=job.workers, root=job.root, callbacks=callbacks,
-                            replaceable=replaceable,
-                            committed=partial(ledger.committed, job.key),
-                            checkpoints=checkpoints)
+        with ledger.beating(job.key):
+            summary = run_input(workflow, job.path, job.output, registry, device=job.device,
+                                workers=job.workers, root=job.root, callbacks=callbacks,
+                                replaceable=replaceable,
+                                committed=partial(ledger.committed, job.key),
+                                checkpoints=checkpoints)
         record.update(status="done", **summary)
         log.info("done %s in %.1f s", job.path, time.perf_counter() - t0)
     except WfeError as exc:
@@ -229,6 +250,7 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
         fix_heap_thresholds()
         touch_remembered_heap(key)
     result = BatchResult(root=root)
+    began = time.time()
     workflow_print = workflow_fingerprint(workflow, device)
     run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
     jobs: list[InputJob] = []
@@ -251,10 +273,11 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                 jobs.append(InputJob(path, out, entry_key, print_, root, device, workers,
                                      fresh=not resume))
 
-            def ended(job: InputJob, outcome: JobResult, task: Any = None) -> None:
+            def ended(job: InputJob, outcome: JobResult, task: Any = None,
+                      ran_here: bool = True) -> None:
                 record = outcome.record
                 result.records[str(job.path)] = record
-                if record["status"] == "done" and client is None:
+                if record["status"] == "done" and client is None and ran_here:
                     remember_heap(key)  # after the process's first input only
                 _tell(console, outcome, root, debug)
                 if task is not None:
@@ -270,15 +293,89 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
                 finally:
                     client.close()
             else:
-                for job in jobs:
+                def run_here(job: InputJob, claim: Claim) -> None:
                     task = progress.add_task(job.path.name, total=None)
                     ended(job, run_job(job, workflow, registry, ledger,
-                                       callbacks=(DaskProgress(progress, task),)), task)
+                                       callbacks=(DaskProgress(progress, task),),
+                                       claim=claim), task)
+
+                def ended_elsewhere(job: InputJob, entry: Entry) -> None:
+                    record = {**entry.record, "process": entry.process, "concurrent": True}
+                    log.info("%s %s in %s, another run sharing this output root",
+                             entry.status, job.path, entry.process)
+                    ended(job, JobResult(record), ran_here=False)
+
+                def held_elsewhere(job: InputJob, entry: Entry) -> None:
+                    result.records[str(job.path)] = {
+                        "status": "running", "output": str(job.output), "error": None,
+                        "process": entry.process, "concurrent": True}
+                    _write_results(root, run_json)
+
+                _share_inputs(jobs, ledger, began=began, resume=resume, progress=progress,
+                              run_here=run_here, ended_elsewhere=ended_elsewhere,
+                              held_elsewhere=held_elsewhere)
         _write_results(root, run_json)
     finally:
         log.removeHandler(handler)
         handler.close()
     return result
+
+
+def _share_inputs(jobs: list[InputJob], ledger: Ledger, *, began: float, resume: bool,
+                  progress: Any, run_here: Callable[[InputJob, Claim], None],
+                  ended_elsewhere: Callable[[InputJob, Entry], None],
+                  held_elsewhere: Callable[[InputJob, Entry], None]) -> None:
+    """Run each of ``jobs`` that this process can claim (:meth:`Ledger.claim`), in order,
+    beside any other ``wfe run`` sharing the output root; then wait for those the others
+    hold, taking over any whose holder stops (its process gone, or its stamp unchanged
+    for :data:`STALE_S` seconds), so that every input has ended when this returns.
+
+    ``began``: when this run started (an input another run ended since then is that
+    run's, not an earlier one's).
+    """
+    held: dict[str, _Held] = {}
+
+    def settle(job: InputJob, claim: Claim) -> None:
+        entry = claim.earlier
+        if claim.granted:
+            held.pop(job.key, None)
+            run_here(job, claim)
+        elif entry is not None and entry.status != "running":
+            held.pop(job.key, None)
+            ended_elsewhere(job, entry)
+        elif entry is not None:
+            mark = (entry.process, entry.beat)
+            if job.key not in held:
+                log.info("%s is running in %s, another run sharing this output root",
+                         job.path, entry.process)
+                held[job.key] = _Held(job, mark, time.monotonic())
+                held_elsewhere(job, entry)
+            elif held[job.key].mark != mark:
+                held[job.key] = _Held(job, mark, time.monotonic())
+
+    for job in jobs:
+        settle(job, ledger.claim(job.key, job.fingerprint, since=began, skip_done=resume))
+    if not held:
+        return
+    waiting = progress.add_task("inputs in other runs", total=None)
+    while held:
+        progress.update(waiting, description=f"{len(held)} inputs running in other runs")
+        time.sleep(POLL_S)
+        for watched in list(held.values()):
+            stale = watched.mark if time.monotonic() - watched.since >= STALE_S else None
+            settle(watched.job, ledger.claim(watched.job.key, watched.job.fingerprint,
+                                             since=began, skip_done=resume, stale=stale))
+    progress.update(waiting, visible=False)
+
+
+@dataclass
+class _Held:
+    """An input another process holds: its holder and last stamp, and since when (this
+    process's monotonic clock) they have been those."""
+
+    job: InputJob
+    mark: tuple[str, float | None]
+    since: float
 
 
 def _tell(console: Console, outcome: JobResult, root: Path, debug: bool) -> None:

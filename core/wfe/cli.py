@@ -123,7 +123,9 @@ def run(
     except WfeError as exc:
         _fail(exc, EXIT_USAGE, debug)
     done = len(result.records) - len(result.failed)
-    earlier = f" ({len(result.resumed)} by an earlier run)" if result.resumed else ""
+    by = [f"{len(result.resumed)} by an earlier run"] * bool(result.resumed) + \
+        [f"{len(result.concurrent)} by another run at the same time"] * bool(result.concurrent)
+    earlier = f" ({', '.join(by)})" if by else ""
     out.print(f"{done} of {len(result.records)} inputs done{earlier}; results in "
               f"{result.root}/ (report.html, run.json, wfe.log)", highlight=False)
     raise typer.Exit(EXIT_FAILED_INPUTS if result.failed else EXIT_OK)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -83,7 +82,7 @@ def run_on_cluster(client: Any, workflow: Workflow, jobs: Iterable[Any],
                 outcome = JobResult({"status": "failed", "output": str(job.output),
                                      "error": line}, unexpected=True)
                 log.error("failed %s: %s", job.path, line)
-                Ledger(job.root).finish(job.key, "failed", outcome.record)
+                Ledger(job.root).finish(job.key, "failed", outcome.record, held=False)
             on_done(job, outcome)
     finally:
         unfinished = [f for f in futures if not f.done()]
@@ -133,7 +132,7 @@ def _logging_to(root: Path) -> Iterator[None]:
         if root not in _log_files:
             from wfe.batch import log_to_file
 
-            _log_files[root] = (log_to_file(root, f"[{socket.gethostname()}:%(process)d] "), 0)
+            _log_files[root] = (log_to_file(root), 0)
         handler, users = _log_files[root]
         _log_files[root] = (handler, users + 1)
     try:

@@ -12,6 +12,12 @@ A rerun then skips an input whose entry is ``done`` with the same fingerprint an
 of its outputs in place, runs again every other, may replace the outputs the ledger
 says wfe wrote for that input (an input killed between two outputs, or one whose
 workflow changed), and removes the temporary outputs of an attempt whose process died.
+
+Several processes may share one output root (``wfe run`` started twice, or once per
+machine over a shared folder): a process *claims* an input before running it, in one
+transaction (:meth:`Ledger.claim`), so each input runs in one process at a time. A
+running process stamps its entry every :data:`BEAT_S` seconds (:meth:`Ledger.beating`),
+which tells the others, on any machine, that it is still at work.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -32,11 +39,15 @@ from typing import Any
 from wfe.errors import WfeError
 from wfe.workflow import Workflow
 
-__all__ = ["LEDGER", "Entry", "Ledger", "input_fingerprint", "workflow_fingerprint"]
+__all__ = ["BEAT_S", "LEDGER", "Claim", "Entry", "Ledger", "input_fingerprint",
+           "workflow_fingerprint"]
 
 log = logging.getLogger("wfe")
 
 LEDGER = "ledger.sqlite"
+
+#: How often a process running an input stamps its entry (seconds).
+BEAT_S = 15.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
@@ -46,7 +57,8 @@ CREATE TABLE IF NOT EXISTS inputs (
     pid INTEGER,
     host TEXT,
     started REAL,
-    record TEXT
+    record TEXT,
+    beat REAL
 );
 CREATE TABLE IF NOT EXISTS outputs (
     input TEXT NOT NULL,
@@ -68,6 +80,14 @@ class Entry:
     record: dict[str, Any]
     #: Each output committed for this input, with its size and times when it was.
     outputs: dict[Path, list[int]]
+    #: When the attempt started, and its last stamp (its process's clocks).
+    started: float | None = None
+    beat: float | None = None
+
+    @property
+    def process(self) -> str:
+        """``host:pid`` of the process that last ran this input."""
+        return f"{self.host}:{self.pid}"
 
     def done_with(self, print_: str) -> bool:
         """Done under the fingerprint ``print_``, with every output it recorded in place."""
@@ -77,6 +97,12 @@ class Entry:
     def replaceable(self) -> set[Path]:
         """Outputs wfe wrote for this input that nobody has changed since."""
         return {p for p, stat in self.outputs.items() if _stat(p) == stat}
+
+    def ended_since(self, print_: str, since: float) -> bool:
+        """Ran to its end (done or failed) under the fingerprint ``print_``, in an attempt
+        that started at ``since`` or later (by a process sharing this run)."""
+        return (self.status in ("done", "failed") and self.fingerprint == print_
+                and self.started is not None and self.started >= since)
 
     def process_alive(self) -> bool:
         """Whether the process that last ran this input may still be running: one on
@@ -92,6 +118,26 @@ class Entry:
         except PermissionError:
             pass  # alive, another user's
         return not _exited(self.pid)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of :meth:`Ledger.claim`: the entry before it, and whether this
+    process now holds the input."""
+
+    earlier: Entry | None
+    granted: bool
+
+
+def _read_entry(db: sqlite3.Connection, key: str) -> Entry | None:
+    row = db.execute("SELECT fingerprint, status, pid, host, record, started, beat FROM inputs "
+                     "WHERE input = ?", (key,)).fetchone()
+    if row is None:
+        return None
+    outputs = {Path(p): json.loads(stat) for p, stat in db.execute(
+        "SELECT path, stat FROM outputs WHERE input = ? ORDER BY path", (key,))}
+    record = json.loads(row[4]) if row[4] else {}
+    return Entry(row[0], row[1], row[2], row[3], record, outputs, row[5], row[6])
 
 
 def _exited(pid: int) -> bool:
@@ -126,6 +172,9 @@ class Ledger:
         try:
             with self._db() as db:
                 db.executescript(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(inputs)")}
+                if "beat" not in columns:  # a ledger of an earlier wfe
+                    db.execute("ALTER TABLE inputs ADD COLUMN beat REAL")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "unable to open" in str(exc):
                 raise WfeError(f"cannot use the run ledger {self.path} ({exc})",
@@ -141,21 +190,64 @@ class Ledger:
     def entry(self, key: str) -> Entry | None:
         """What the ledger holds for the input ``key``, or None."""
         with self._db() as db:
-            row = db.execute("SELECT fingerprint, status, pid, host, record FROM inputs "
-                             "WHERE input = ?", (key,)).fetchone()
-            if row is None:
-                return None
-            outputs = {Path(p): json.loads(stat) for p, stat in db.execute(
-                "SELECT path, stat FROM outputs WHERE input = ? ORDER BY path", (key,))}
-        record = json.loads(row[4]) if row[4] else {}
-        return Entry(row[0], row[1], row[2], row[3], record, outputs)
+            return _read_entry(db, key)
 
-    def start(self, key: str, print_: str) -> None:
-        """The input ``key`` starts, under the fingerprint ``print_``, in this process."""
+    def claim(self, key: str, print_: str, *, since: float = 0.0, skip_done: bool = False,
+              stale: tuple[str, float | None] | None = None, take_over: bool = False) -> Claim:
+        """Start the input ``key`` in this process under the fingerprint ``print_``, unless
+        another process holds it or has run it to its end.
+
+        Not granted when the entry is ``running`` in another process that may be alive
+        (:meth:`Entry.process_alive`); when it ended under ``print_`` in an attempt that
+        started at ``since`` or later (the start of this run: a process sharing the
+        output root got there first); with ``skip_done``, when it is done under
+        ``print_`` (:meth:`Entry.done_with`). ``stale``: the holder (``host:pid``) and
+        stamp this process has watched stay the same for long enough to call that holder
+        gone; granted if the entry still shows exactly those. ``take_over``: granted
+        whatever the entry says (the caller knows its holder is gone). The test and the
+        start are one transaction, so of several processes claiming at once one is granted.
+        """
         with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            earlier = _read_entry(db, key)
+            if earlier is not None and not take_over and (
+                    earlier.ended_since(print_, since)
+                    or (skip_done and earlier.done_with(print_))
+                    or (earlier.status == "running" and earlier.process_alive()
+                        and stale != (earlier.process, earlier.beat))):
+                return Claim(earlier, granted=False)
+            now = time.time()
             db.execute("INSERT OR REPLACE INTO inputs (input, fingerprint, status, pid, host, "
-                       "started, record) VALUES (?, ?, 'running', ?, ?, ?, NULL)",
-                       (key, print_, os.getpid(), socket.gethostname(), time.time()))
+                       "started, record, beat) VALUES (?, ?, 'running', ?, ?, ?, NULL, ?)",
+                       (key, print_, os.getpid(), socket.gethostname(), now, now))
+        return Claim(earlier, granted=True)
+
+    def beat(self, key: str) -> None:
+        """Stamp the input ``key`` as still running, if this process holds it."""
+        with self._db() as db:
+            db.execute("UPDATE inputs SET beat = ? WHERE input = ? AND status = 'running' "
+                       "AND pid = ? AND host = ?",
+                       (time.time(), key, os.getpid(), socket.gethostname()))
+
+    @contextmanager
+    def beating(self, key: str) -> Iterator[None]:
+        """Stamp the input ``key`` every :data:`BEAT_S` seconds while the block runs."""
+        stop = threading.Event()
+
+        def stamp() -> None:
+            while not stop.wait(BEAT_S):
+                try:
+                    self.beat(key)
+                except sqlite3.Error as exc:  # a busy or unreachable ledger: try again later
+                    log.debug("could not stamp %s in the ledger: %s", key, exc)
+
+        thread = threading.Thread(target=stamp, name="wfe-ledger-beat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def committed(self, key: str, path: Path) -> None:
         """An output of the input ``key`` now carries its final name at ``path`` (its size
@@ -164,11 +256,18 @@ class Ledger:
             db.execute("INSERT OR REPLACE INTO outputs (input, path, stat) VALUES (?, ?, ?)",
                        (key, str(path.resolve()), json.dumps(_stat(path))))
 
-    def finish(self, key: str, status: str, record: dict[str, Any]) -> None:
-        """The input ``key`` ended as ``status`` (``done`` or ``failed``)."""
+    def finish(self, key: str, status: str, record: dict[str, Any], *,
+               held: bool = True) -> None:
+        """The input ``key`` ended as ``status`` (``done`` or ``failed``). With ``held``,
+        only if this process still holds it: one that another run took over (its stamps
+        had stopped) leaves the entry to the run that took it."""
+        query = "UPDATE inputs SET status = ?, record = ? WHERE input = ?"
+        params: tuple[Any, ...] = (status, json.dumps(record, default=str), key)
+        if held:
+            query += " AND pid = ? AND host = ?"
+            params += (os.getpid(), socket.gethostname())
         with self._db() as db:
-            db.execute("UPDATE inputs SET status = ?, record = ? WHERE input = ?",
-                       (status, json.dumps(record, default=str), key))
+            db.execute(query, params)
 
 
 def workflow_fingerprint(workflow: Workflow, device: str) -> str:

@@ -44,7 +44,8 @@ def _link(target: str, root: Path) -> str:
 
 def _row(name: str, record: dict[str, Any], root: Path) -> str:
     status = record.get("status", "?")
-    label = f"{status} (earlier run)" if record.get("resumed") else status
+    label = (f"{status} (earlier run)" if record.get("resumed")
+             else f"{status} (in {record['process']})" if record.get("concurrent") else status)
     seconds = record.get("seconds")
     outputs = [(o, escape(_link(o, root)), escape(Path(o).name))
                for o in record.get("outputs") or []]
