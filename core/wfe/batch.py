@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 import traceback
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from wfe.checkpoint import CHECKPOINT_FOLDER, Checkpoints
-from wfe.errors import WfeError
+from wfe.errors import NoSpaceError, WfeError, is_out_of_space
 from wfe.heap import fix_heap_thresholds
 from wfe.ledger import BEAT_S, Claim, Entry, Ledger, input_fingerprint, workflow_fingerprint
 from wfe.plugins import Registry
@@ -49,6 +50,8 @@ class BatchResult:
 
     root: Path
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Why the run stopped before every input had ended (a full disk), if it did.
+    stopped: str | None = None
 
     @property
     def failed(self) -> list[str]:
@@ -99,21 +102,39 @@ def _input_output(template: str, path: Path) -> Path:
 
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_results(root: Path, run_json: dict[str, Any]) -> None:
-    """``run.json`` and the page that shows it (``report.html``)."""
-    _write_text(root / "run.json", json.dumps(run_json, indent=2, default=str))
-    _write_text(root / REPORT, render_report(root, run_json))
+    """``run.json`` and the page that shows it (``report.html``); on a full disk the
+    versions already there stay (the run's console says what it could not write)."""
+    try:
+        _write_text(root / "run.json", json.dumps(run_json, indent=2, default=str))
+        _write_text(root / REPORT, render_report(root, run_json))
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        log.warning("could not update %s: %s", root / "run.json", exc)
+
+
+class _LogFile(logging.FileHandler):
+    """``wfe.log``: a line that cannot be written (a full disk) is dropped, not reported
+    with a traceback on the console, which says what matters."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
 
 
 def log_to_file(root: Path) -> logging.Handler:
     """Send wfe's log, from INFO up, to ``root/wfe.log`` too, each line marked with the
     host and process that wrote it (several runs, or a cluster's workers, may share the
     file); the handler, for removing it."""
-    handler = logging.FileHandler(root / "wfe.log", encoding="utf-8")
+    handler = _LogFile(root / "wfe.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s %(levelname)s [{socket.gethostname()}:%(process)d] %(message)s"))
     log.addHandler(handler)
@@ -153,6 +174,8 @@ class JobResult:
     trace: str | None = None
     #: Not a :class:`WfeError` (a crash): its traceback is in ``wfe.log``.
     unexpected: bool = False
+    #: Why the batch stops after this input (the disk is full), if it does.
+    stop: NoSpaceError | None = None
 
 
 def run_job(job: InputJob, workflow: Workflow, registry: Registry, ledger: Ledger,
@@ -194,12 +217,32 @@ def run_job(job: InputJob, workflow: Workflow, registry: Registry, ledger: Ledge
         result.trace = traceback.format_exc()
         log.error("failed %s: %s", job.path, exc.line())
     except Exception as exc:  # noqa: BLE001 - one input's crash is that input's failure
-        record.update(status="failed", error=f"{job.path}: {type(exc).__name__}: {exc}")
-        result.trace, result.unexpected = traceback.format_exc(), True
-        log.error("failed %s\n%s", job.path, result.trace)
+        if is_out_of_space(exc):
+            result.stop = _no_space(job, exc)
+            record.update(status="failed", error=result.stop.line())
+            log.error("stopped at %s: %s", job.path, exc)
+        else:
+            record.update(status="failed", error=f"{job.path}: {type(exc).__name__}: {exc}")
+            result.trace, result.unexpected = traceback.format_exc(), True
+            log.error("failed %s\n%s", job.path, result.trace)
     record["seconds"] = round(time.perf_counter() - t0, 3)
-    ledger.finish(job.key, record["status"], record)
+    try:
+        ledger.finish(job.key, record["status"], record)
+    except sqlite3.Error as exc:
+        if not is_out_of_space(exc):
+            raise
+        # Left "running" under a process that will be gone: the next run takes it over.
+        result.stop = result.stop or _no_space(job, exc)
     return result
+
+
+_NO_SPACE_HINT = ("free space there (or write elsewhere with -o DIR), then run the same "
+                  "command again: it goes on where it stopped")
+
+
+def _no_space(job: InputJob, exc: BaseException) -> NoSpaceError:
+    return NoSpaceError(f"{job.path}: no space left on the disk of {job.output} ({exc})",
+                        _NO_SPACE_HINT)
 
 
 def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
@@ -214,9 +257,14 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
     carried over, marked ``resumed``; an input an earlier attempt left unfinished keeps
     the chunks that attempt finished (:mod:`wfe.checkpoint`). Either way, outputs an
     earlier run wrote for an input, unchanged since, may be replaced when it runs again.
+    Other runs may share the output root: each input runs in one of them
+    (:func:`_share_inputs`).
 
     With ``scheduler`` (a dask.distributed scheduler's address), the inputs run on that
     cluster's workers, one input per task (:mod:`wfe.cluster`).
+
+    A full disk stops the run (every input after would fail alike): the inputs not
+    started are recorded as ``not run``, and ``BatchResult.stopped`` says why.
     """
     console = console or Console(stderr=True)
     try:
@@ -249,76 +297,131 @@ def run_batch(workflow: Workflow, inputs: list[Path], registry: Registry, *,
         # its own.
         fix_heap_thresholds()
         touch_remembered_heap(key)
-    result = BatchResult(root=root)
-    began = time.time()
-    workflow_print = workflow_fingerprint(workflow, device)
-    run_json = {"workflow": str(workflow.path), "name": workflow.name, "inputs": result.records}
-    jobs: list[InputJob] = []
+    batch = _Batch(workflow, registry, ledger, BatchResult(root=root), console, debug, key,
+                   local=client is None)
     try:
-        with make_progress(console) as progress:
-            overall = progress.add_task("inputs", total=len(inputs))
-            for path in inputs:
-                out = _input_output(output_template, path)
-                entry_key = str(path.resolve())
-                print_ = input_fingerprint(workflow_print, path, out)
-                earlier = ledger.entry(entry_key)
-                if resume and earlier is not None and earlier.done_with(print_):
-                    result.records[str(path)] = {**earlier.record, "resumed": True}
-                    log.info("skip %s: done by an earlier run of this workflow, and "
-                             "unchanged since", path)
-                    progress.advance(overall)
-                    continue
-                result.records[str(path)] = {"status": "queued" if client else "running",
-                                             "output": None, "error": None}
-                jobs.append(InputJob(path, out, entry_key, print_, root, device, workers,
-                                     fresh=not resume))
+        with make_progress(console) as batch.progress:
+            batch.overall = batch.progress.add_task("inputs", total=len(inputs))
+            try:
+                jobs = batch.queue(inputs, output_template, device, workers, resume)
+                if client is not None:
+                    from wfe.cluster import run_on_cluster
 
-            def ended(job: InputJob, outcome: JobResult, task: Any = None,
-                      ran_here: bool = True) -> None:
-                record = outcome.record
-                result.records[str(job.path)] = record
-                if record["status"] == "done" and client is None and ran_here:
-                    remember_heap(key)  # after the process's first input only
-                _tell(console, outcome, root, debug)
-                if task is not None:
-                    progress.update(task, visible=False)
-                progress.advance(overall)
-                _write_results(root, run_json)
-
-            if client is not None:
-                from wfe.cluster import run_on_cluster
-
-                try:
-                    run_on_cluster(client, workflow, jobs, ended)
-                finally:
-                    client.close()
-            else:
-                def run_here(job: InputJob, claim: Claim) -> None:
-                    task = progress.add_task(job.path.name, total=None)
-                    ended(job, run_job(job, workflow, registry, ledger,
-                                       callbacks=(DaskProgress(progress, task),),
-                                       claim=claim), task)
-
-                def ended_elsewhere(job: InputJob, entry: Entry) -> None:
-                    record = {**entry.record, "process": entry.process, "concurrent": True}
-                    log.info("%s %s in %s, another run sharing this output root",
-                             entry.status, job.path, entry.process)
-                    ended(job, JobResult(record), ran_here=False)
-
-                def held_elsewhere(job: InputJob, entry: Entry) -> None:
-                    result.records[str(job.path)] = {
-                        "status": "running", "output": str(job.output), "error": None,
-                        "process": entry.process, "concurrent": True}
-                    _write_results(root, run_json)
-
-                _share_inputs(jobs, ledger, began=began, resume=resume, progress=progress,
-                              run_here=run_here, ended_elsewhere=ended_elsewhere,
-                              held_elsewhere=held_elsewhere)
-        _write_results(root, run_json)
+                    try:
+                        run_on_cluster(client, workflow, jobs, batch.ended)
+                    finally:
+                        client.close()
+                else:
+                    _share_inputs(jobs, ledger, began=batch.began, resume=resume,
+                                  progress=batch.progress, run_here=batch.run_here,
+                                  ended_elsewhere=batch.ended_elsewhere,
+                                  held_elsewhere=batch.held_elsewhere)
+            except (NoSpaceError, OSError, sqlite3.Error) as exc:
+                if not is_out_of_space(exc):
+                    raise
+                batch.stop(exc if isinstance(exc, NoSpaceError) else NoSpaceError(
+                    f"no space left on the disk of {root} ({exc})", _NO_SPACE_HINT))
+        batch.write()
     finally:
         log.removeHandler(handler)
         handler.close()
-    return result
+    return batch.result
+
+
+@dataclass
+class _Batch:
+    """One ``wfe run`` over its inputs: their records, the progress display, and what
+    happens as each input ends."""
+
+    workflow: Workflow
+    registry: Registry
+    ledger: Ledger
+    result: BatchResult
+    console: Console
+    debug: bool
+    #: The heap warm start's key (:mod:`wfe.warm_start`).
+    heap: str
+    #: Inputs run in this process (not on a cluster).
+    local: bool
+    progress: Any = None
+    overall: Any = None
+    began: float = field(default_factory=time.time)
+
+    @property
+    def root(self) -> Path:
+        return self.result.root
+
+    def write(self) -> None:
+        _write_results(self.root, {"workflow": str(self.workflow.path),
+                                   "name": self.workflow.name, "inputs": self.result.records})
+
+    def queue(self, inputs: list[Path], output_template: str, device: str,
+              workers: int | None, resume: bool) -> list[InputJob]:
+        """The inputs to run; with ``resume``, those done by an earlier run are carried
+        over instead."""
+        jobs = []
+        workflow_print = workflow_fingerprint(self.workflow, device)
+        for path in inputs:
+            out = _input_output(output_template, path)
+            key = str(path.resolve())
+            print_ = input_fingerprint(workflow_print, path, out)
+            earlier = self.ledger.entry(key)
+            if resume and earlier is not None and earlier.done_with(print_):
+                self.result.records[str(path)] = {**earlier.record, "resumed": True}
+                log.info("skip %s: done by an earlier run of this workflow, and "
+                         "unchanged since", path)
+                self.progress.advance(self.overall)
+                continue
+            self.result.records[str(path)] = {"status": "running" if self.local else "queued",
+                                              "output": None, "error": None}
+            jobs.append(InputJob(path, out, key, print_, self.root, device, workers,
+                                 fresh=not resume))
+        return jobs
+
+    def ended(self, job: InputJob, outcome: JobResult, task: Any = None,
+              ran_here: bool = True) -> None:
+        """``job`` ended as ``outcome`` says: record it and show it; raise what stops
+        the batch, if anything does."""
+        record = outcome.record
+        self.result.records[str(job.path)] = record
+        if record["status"] == "done" and self.local and ran_here:
+            remember_heap(self.heap)  # after the process's first input only
+        _tell(self.console, outcome, self.root, self.debug)
+        if task is not None:
+            self.progress.update(task, visible=False)
+        self.progress.advance(self.overall)
+        self.write()
+        if outcome.stop is not None:
+            raise outcome.stop
+
+    def run_here(self, job: InputJob, claim: Claim) -> None:
+        task = self.progress.add_task(job.path.name, total=None)
+        self.ended(job, run_job(job, self.workflow, self.registry, self.ledger,
+                                callbacks=(DaskProgress(self.progress, task),), claim=claim),
+                   task)
+
+    def ended_elsewhere(self, job: InputJob, entry: Entry) -> None:
+        """Another run sharing the output root ran ``job`` to its end."""
+        record = {**entry.record, "process": entry.process, "concurrent": True}
+        log.info("%s %s in %s, another run sharing this output root",
+                 entry.status, job.path, entry.process)
+        self.ended(job, JobResult(record), ran_here=False)
+
+    def held_elsewhere(self, job: InputJob, entry: Entry) -> None:
+        """Another run sharing the output root is running ``job``."""
+        self.result.records[str(job.path)] = {
+            "status": "running", "output": str(job.output), "error": None,
+            "process": entry.process, "concurrent": True}
+        self.write()
+
+    def stop(self, why: NoSpaceError) -> None:
+        """The batch stops (a full disk): inputs not started are recorded as not run."""
+        self.result.stopped = why.line()
+        log.error("run stopped: %s", why.line())
+        for record in self.result.records.values():
+            if record["status"] in ("running", "queued") and not record.get("concurrent"):
+                record.update(status="not run", error="not run: the run stopped before it "
+                                                      "(no space left on the disk)")
 
 
 def _share_inputs(jobs: list[InputJob], ledger: Ledger, *, began: float, resume: bool,
@@ -381,8 +484,8 @@ class _Held:
 def _tell(console: Console, outcome: JobResult, root: Path, debug: bool) -> None:
     """Show a failed input's one line (and, with ``debug``, its traceback)."""
     error = outcome.record.get("error")
-    if outcome.record["status"] == "done" or not error:
-        return
+    if outcome.record["status"] == "done" or not error or outcome.stop is not None:
+        return  # a reason to stop is told once, by whoever called run_batch
     hint = f" (see {root / 'wfe.log'})" if outcome.unexpected else ""
     console.print(f"[red]error:[/red] {error}{hint}", markup=True, highlight=False,
                   soft_wrap=True)

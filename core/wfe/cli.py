@@ -122,6 +122,8 @@ def run(
                            scheduler=scheduler)
     except WfeError as exc:
         _fail(exc, EXIT_USAGE, debug)
+    if result.stopped:
+        err.print(f"error: {result.stopped}", highlight=False, markup=False, soft_wrap=True)
     done = len(result.records) - len(result.failed)
     by = [f"{len(result.resumed)} by an earlier run"] * bool(result.resumed) + \
         [f"{len(result.concurrent)} by another run at the same time"] * bool(result.concurrent)

@@ -7,7 +7,11 @@ traceback.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "PluginError", "WfeError", "WorkflowError"]
+import errno
+import sqlite3
+
+__all__ = ["InputError", "NoSpaceError", "PluginError", "WfeError", "WorkflowError",
+           "is_out_of_space"]
 
 
 class WfeError(Exception):
@@ -45,3 +49,28 @@ class WorkflowError(WfeError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class NoSpaceError(WfeError):
+    """The disk being written to is full (or the user's quota spent): not the input's
+    fault, and every input after it would fail alike, so the run stops there."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from or while handling, says the
+    disk is full: ``ENOSPC`` or ``EDQUOT``, or SQLite's "database or disk is full"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NoSpaceError):
+            return True
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
