@@ -26,15 +26,21 @@ stages:
 """
 
 
+def kept_chunk_files(folder: Path) -> int:
+    """How many whole chunks a checkpoint's ``folder`` holds: its files, less any chunk
+    being written (zarr writes it under a ``.partial`` name, then renames it)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix != ".partial")
+
+
 def wait_for_files(folder: Path, count: int, proc: subprocess.Popen,
                    timeout: float = 300) -> bool:
-    """Wait until ``folder`` holds ``count`` files (chunks a checkpoint kept) while
+    """Wait until ``folder`` holds ``count`` whole chunks (:func:`kept_chunk_files`) while
     ``proc`` runs; whether it got there."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if folder.exists() and sum(1 for p in folder.rglob("*") if p.is_file()) >= count:
+        if folder.exists() and kept_chunk_files(folder) >= count:
             return True
         time.sleep(0.01)
     return False
