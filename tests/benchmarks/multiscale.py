@@ -45,8 +45,9 @@ def multiscale(work: Path, slide: Path, turns: int = 3) -> list[tuple[str, str]]
         compute_times.append(record["timings"]["compute"])
         if turn == 0:
             seg = record["info"]["seg"]
+            layouts = seg["channels_last"]  # one per scale (the same model here)
             model = load_model(ROOT / "workflows/models/demo.safetensors", "cpu", "auto",
-                               registry, channels_last=seg["channels_last"])
+                               registry, channels_last=layouts[0])
             model.reuse_buffers(seg["batch_size"])
             for pixels in levels:
                 grid = WindowGrid(*pixels.shape[1:], WINDOW, OVERLAP)
@@ -60,7 +61,8 @@ def multiscale(work: Path, slide: Path, turns: int = 3) -> list[tuple[str, str]]
         model_times.append(time.perf_counter() - t)
     model_only, compute = min(model_times), min(compute_times)
     return [
-        ("multi-scale (large slide, scales 1 and 2 µm): windows", f"{windows} ({SCALES})"),
+        ("multi-scale (large slide): windows", f"{windows}, at " + " and ".join(f"{s:g}" for s in SCALES)
+         + " µm"),
         ("multi-scale: each turn, model only / wfe compute (s)",
          " · ".join(f"{m:.2f}/{c:.2f}" for m, c in zip(model_times, compute_times, strict=True))),
         ("multi-scale: ratio end-to-end / model-only, compute phase", f"{model_only / compute:.3f}"),
