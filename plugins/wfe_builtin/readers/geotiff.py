@@ -7,8 +7,10 @@ become the raster's ``valid`` masks; the CRS and affine transform are kept.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +24,50 @@ __all__ = ["GeoTiffReader"]
 
 #: Stripped rasters are read in bands of at least this many rows.
 MIN_ROWS = 512
+#: MB of GDAL block cache while reading, unless ``GDAL_CACHEMAX`` is set: each block is
+#: read once, and GDAL's default (5 % of the machine's memory) held every block read
+#: until it was full, 1.1 GiB over a 16,384² four-band scene on a 24 GiB machine.
+READ_CACHE_MB = 64
+#: Datasets each thread keeps open (the least recently used is closed): an archive's
+#: files would otherwise stay open to the end of the run, several per file.
+OPEN_PER_THREAD = 4
 _UNITS = {"metre": "m", "meter": "m", "m": "m", "degree": "°", "foot": "ft", "us survey foot": "ftUS"}
 _local = threading.local()
+_cache_capped = threading.Lock()
+_capped = False
+
+
+def _cap_block_cache() -> None:
+    """Cap GDAL's block cache at :data:`READ_CACHE_MB` once per process, unless the user
+    chose a size (``GDAL_CACHEMAX`` in the environment)."""
+    global _capped
+    with _cache_capped:
+        if not _capped and "GDAL_CACHEMAX" not in os.environ:
+            from rasterio.env import set_gdal_config
+
+            set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB)
+        _capped = True
 
 
 def _dataset(path: str, overview: int | None) -> Any:
-    """One open dataset per thread, file and overview level (GDAL handles are not shared)."""
+    """An open dataset for this thread, file and overview level (GDAL handles are not
+    shared between threads); at most :data:`OPEN_PER_THREAD` stay open per thread."""
     import rasterio
 
     cache = getattr(_local, "datasets", None)
     if cache is None:
-        cache = _local.datasets = {}
+        cache = _local.datasets = OrderedDict()
     key = (path, overview)
-    if key not in cache:
-        kwargs = {} if overview is None else {"overview_level": overview}
-        cache[key] = rasterio.open(path, **kwargs)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    if not _capped:
+        _cap_block_cache()
+    kwargs = {} if overview is None else {"overview_level": overview}
+    cache[key] = rasterio.open(path, **kwargs)
+    while len(cache) > OPEN_PER_THREAD:
+        _, oldest = cache.popitem(last=False)
+        oldest.close()
     return cache[key]
 
 
