@@ -1,11 +1,15 @@
-"""Helpers shared by the readers: pixel-size sanity, declared-size sanity, decode errors."""
+"""Helpers shared by the readers: pixel-size sanity, declared-size sanity, decode errors,
+open files kept for the next chunk."""
 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ import numpy as np
 
 from wfe.errors import InputError, WfeError
 
-__all__ = ["MAX_CHUNK_BYTES", "check_declared_size", "decode_guard", "lazy_blocks",
+__all__ = ["MAX_CHUNK_BYTES", "check_declared_size", "decode_guard", "kept_open", "lazy_blocks",
            "pick_index", "plausible_mpp"]
 
 #: Microscope pixel sizes lie well inside this range (µm); 72-dpi tags give ~352.
@@ -23,6 +27,52 @@ MPP_RANGE = (0.01, 100.0)
 MAX_CHUNK_BYTES = 1 << 30
 #: Stored bytes per decoded byte below which a large image cannot be real data.
 MIN_STORED_FRACTION = 1e-5
+
+
+def kept_open(maxsize: int, close: Callable[[Any], None]) -> Callable[[Callable[..., Any]],
+                                                                      Callable[..., Any]]:
+    """Like ``functools.lru_cache(maxsize)`` for functions that open a file (a handle, a
+    descriptor): the least recently used is closed with ``close`` when a new one would
+    make more than ``maxsize``. ``lru_cache`` only forgets it, so over an archive every
+    file read stayed open to the end of the run, until the process ran out of descriptors.
+
+    Files are read one input at a time, so the one closed was last used ``maxsize``
+    files ago; ``cache_clear()`` closes them all.
+    """
+    def decorate(opener: Callable[..., Any]) -> Callable[..., Any]:
+        handles: OrderedDict[Hashable, Any] = OrderedDict()
+        lock = threading.Lock()
+
+        @wraps(opener)
+        def cached(*args: Hashable) -> Any:
+            with lock:
+                if args in handles:
+                    handles.move_to_end(args)
+                    return handles[args]
+            handle = opener(*args)
+            with lock:
+                if args in handles:  # another thread opened it meanwhile
+                    close(handle)
+                    handles.move_to_end(args)
+                    return handles[args]
+                handles[args] = handle
+                evicted = [handles.popitem(last=False)[1] for _ in range(len(handles) - maxsize)]
+            for old in evicted:
+                close(old)
+            return handle
+
+        def cache_clear() -> None:
+            with lock:
+                evicted = list(handles.values())
+                handles.clear()
+            for old in evicted:
+                close(old)
+
+        cached.cache_clear = cache_clear  # type: ignore[attr-defined]
+        cached.open_count = lambda: len(handles)  # type: ignore[attr-defined]
+        return cached
+
+    return decorate
 
 
 def plausible_mpp(value: float | None, source: str) -> float | None:

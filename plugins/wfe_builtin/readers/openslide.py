@@ -8,7 +8,6 @@ reader, which keeps its exact dtype and channels.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,18 @@ import numpy as np
 
 from wfe.errors import InputError
 from wfe.raster import Raster
-from wfe_builtin.readers._common import decode_guard, lazy_blocks, plausible_mpp
+from wfe_builtin.readers._common import decode_guard, kept_open, lazy_blocks, plausible_mpp
 
 __all__ = ["OpenSlideReader"]
 
-@lru_cache(maxsize=32)
+def _close(slide: Any) -> None:
+    slide.close()
+
+
+@kept_open(32, _close)
 def _slide(path: str) -> Any:
-    """One OpenSlide handle per file and process (OpenSlide handles are thread-safe)."""
+    """One OpenSlide handle per file and process (OpenSlide handles are thread-safe); the
+    32 most recently used stay open."""
     import openslide
 
     return openslide.OpenSlide(path)

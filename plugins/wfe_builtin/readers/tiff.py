@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from wfe.raster import Raster
 from wfe_builtin.readers._common import (
     check_declared_size,
     decode_guard,
+    kept_open,
     lazy_blocks,
     pick_index,
     plausible_mpp,
@@ -35,6 +35,8 @@ _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m":
 _FLAGS = ("svs", "ndpi", "ome", "qpi", "imagej", "philips", "scn", "bif", "geotiff")
 #: Chunks are whole tiles (or bands of strips) at least this many pixels on a side.
 MIN_CHUNK = 512
+#: Files kept open for the next chunk (each as a descriptor, a TiffFile and a Zarr store).
+OPEN_FILES = 32
 
 # tifffile logs damaged structures itself; wfe reports them as one error line instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -143,7 +145,11 @@ def _check_complete(path: Path, series: Any) -> None:
                                  f"need {end:,})", "copy or download the file again")
 
 
-@lru_cache(maxsize=32)
+def _close_levels(levels: tuple[Any, ...]) -> None:
+    levels[0].store.close()
+
+
+@kept_open(OPEN_FILES, _close_levels)
 def _zarr_levels(path: str, series: int) -> tuple[Any, ...]:
     """The zarr arrays of one series' levels (one tifffile store per file and process)."""
     import tifffile
@@ -157,7 +163,11 @@ def _zarr_levels(path: str, series: int) -> tuple[Any, ...]:
 
 
 
-@lru_cache(maxsize=32)
+def _close_pages(pages: tuple[Any, ...]) -> None:
+    pages[0].parent.close()
+
+
+@kept_open(OPEN_FILES, _close_pages)
 def _pages(path: str, series: int) -> tuple[Any, ...]:
     """Level-0..n pages of one series, from a TiffFile kept open per file and process."""
     import tifffile
@@ -166,7 +176,7 @@ def _pages(path: str, series: int) -> tuple[Any, ...]:
     return tuple(lvl.pages[0] for lvl in tif.series[series].levels)
 
 
-@lru_cache(maxsize=32)
+@kept_open(OPEN_FILES, os.close)
 def _fd(path: str) -> int:
     """A read-only descriptor for ``os.pread`` (positioned reads are safe across threads)."""
     return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))

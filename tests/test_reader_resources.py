@@ -1,4 +1,4 @@
-"""What the GeoTIFF reader holds while an archive runs: open files and GDAL's block cache."""
+"""What the readers hold while an archive runs: open files, and GDAL's block cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from wfe.io import open_image
-from wfe_builtin.readers import geotiff
+from wfe_builtin.readers import geotiff, tiff
+from wfe_builtin.readers._common import kept_open
+from wfe_builtin.synthetic import SyntheticSlide, write_slide
 from wfe_builtin.synthetic.scene import SyntheticScene, write_scene
 
 
@@ -67,3 +69,31 @@ def test_gdal_block_cache_is_capped_unless_chosen(tmp_path, chosen):
     # GDAL answers in the unit it was given: MB for ours, bytes for a size read as MB.
     expected = int(chosen) * 2**20 if chosen else geotiff.READ_CACHE_MB
     assert int(done.stdout.split()[-1]) == expected
+
+
+def test_an_archive_of_slides_leaves_at_most_the_kept_files_open(tmp_path, registry):
+    """More slides than the tifffile reader keeps open, read one after the other: the
+    least recently used are closed (``lru_cache`` only forgot them, so every slide of
+    the run stayed open, twice)."""
+    one = write_slide(SyntheticSlide(1024, 1024, mpp=0.5, seed=1), tmp_path / "s0.tiff")
+    paths = [one] + [tmp_path / f"s{i}.tiff" for i in range(1, tiff.OPEN_FILES + 8)]
+    for path in paths[1:]:
+        os.link(one, path)
+    for path in paths:
+        raster = open_image(path, registry)
+        assert raster.levels[0][:, :64, :64].compute(scheduler="sync").shape == (3, 64, 64)
+    assert _open_files(tmp_path) <= 2 * tiff.OPEN_FILES  # a descriptor and a TiffFile each
+    assert tiff._fd.open_count() == tiff.OPEN_FILES
+    # What was closed opens again when it is read again.
+    assert open_image(paths[0], registry).levels[0][:, :8, :8].compute(scheduler="sync").any()
+
+
+def test_kept_open_closes_the_least_recently_used():
+    closed = []
+    opened = kept_open(2, closed.append)(lambda name: f"handle {name}")
+    assert opened("a") == "handle a" and opened("b") == "handle b"
+    assert opened("a") == "handle a"  # used again: now the most recent
+    opened("c")
+    assert closed == ["handle b"]
+    opened.cache_clear()
+    assert sorted(closed) == ["handle a", "handle b", "handle c"]
