@@ -23,13 +23,32 @@ def _close(slide: Any) -> None:
     slide.close()
 
 
+#: Bytes of decoded tiles OpenSlide keeps, for all slides of the process together.
+TILE_CACHE_BYTES = 64 << 20
+_tile_cache: Any = None
+
+
+def _shared_tile_cache() -> Any:
+    """One OpenSlide tile cache for every handle: each handle has its own 32 MiB cache
+    otherwise, so the handles kept open over an archive held up to a gigabyte of tiles
+    (32 MiB more per slide read, measured)."""
+    global _tile_cache
+    if _tile_cache is None:
+        import openslide
+
+        _tile_cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
+    return _tile_cache
+
+
 @kept_open(32, _close)
 def _slide(path: str) -> Any:
     """One OpenSlide handle per file and process (OpenSlide handles are thread-safe); the
-    32 most recently used stay open."""
+    32 most recently used stay open, sharing one tile cache."""
     import openslide
 
-    return openslide.OpenSlide(path)
+    slide = openslide.OpenSlide(path)
+    slide.set_cache(_shared_tile_cache())
+    return slide
 
 
 def _read_tile(path: str, level: int, downsample: float,
