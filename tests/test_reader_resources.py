@@ -41,7 +41,7 @@ def test_an_archive_of_scenes_leaves_few_files_open(tmp_path, registry):
         raster.levels[0][:, :64, :64].compute(scheduler="sync")
         raster.valid[0][:, :64, :64].compute(scheduler="sync")
     assert _open_files(tmp_path) <= geotiff.OPEN_PER_THREAD
-    assert len(geotiff._local.datasets) <= geotiff.OPEN_PER_THREAD
+    assert geotiff._local.opened.open_count() <= geotiff.OPEN_PER_THREAD
 
 
 _CACHE = """

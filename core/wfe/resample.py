@@ -139,11 +139,11 @@ def _apply_band(region: np.ndarray, band: tuple[np.ndarray, np.ndarray], axis: i
 
 def _resample_block(blocks: list[list[np.ndarray]], crop: tuple[slice, slice],
                     wy: tuple[np.ndarray, np.ndarray], wx: tuple[np.ndarray, np.ndarray],
-                    dtype: np.dtype) -> np.ndarray:
+                    dtype: np.dtype, nearest: bool) -> np.ndarray:
     region = np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else blocks[0][0]
     region = region[(slice(None), *crop)]
-    if wy[1].shape[1] == 1 and wx[1].shape[1] == 1 and (wy[1] == 1).all() and (wx[1] == 1).all():
-        # One source pixel per output pixel (``nearest``): picked, in the source's dtype.
+    if nearest:
+        # One source pixel per output pixel, weight 1: picked, in the source's dtype.
         return np.take(np.take(region, wy[0], axis=1), wx[0], axis=2).astype(dtype, copy=False)
     region = region.astype(np.float32)
     out = _apply_band(_apply_band(region, wy, axis=1), wx, axis=2)
@@ -197,6 +197,7 @@ def resample(arr: da.Array, factor: float, shape: tuple[int, int] | None = None,
         for i, (wy, brows, cy) in enumerate(ys):
             for j, (wx, bcols, cx) in enumerate(xs):
                 blocks = [[(arr.name, ci, by, bx) for bx in bcols] for by in brows]
-                dsk[(name, ci, i, j)] = (_resample_block, blocks, (cy, cx), wy, wx, arr.dtype)
+                dsk[(name, ci, i, j)] = (_resample_block, blocks, (cy, cx), wy, wx, arr.dtype,
+                                         method == "nearest")
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr])
     return da.Array(graph, name, out_chunks, dtype=arr.dtype)

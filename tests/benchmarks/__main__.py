@@ -257,7 +257,7 @@ def main() -> None:
         no_mask.write_text(NO_MASK.format(model=ROOT / "workflows/models/demo.safetensors"))
         rows = throughput(work, "demo", (6144, 4096), 7, ROOT / "workflows/demo.yaml")
         rows += throughput(work, "large", (8192, 8192), 5, no_mask, monai=True)
-        rows += multiscale(work, work / "large.tiff")
+        rows += multiscale(work, work / "large.tiff", no_mask)
         # 4× the area: what a fixed cost per run weighs against what grows with it.
         rows += throughput(work, "xl", (16384, 16384), 5, no_mask, monai=True)
         rows += monai_compare.mask_on(work)

@@ -12,21 +12,13 @@ from tests.benchmarks.model_only import OVERLAP, WINDOW, window_batches
 ROOT = Path(__file__).resolve().parents[2]
 SCALES = (1.0, 2.0)
 
-WORKFLOW = """
-wfe: 1
-stages:
-  - {{id: image, uses: read, with: {{mpp: 1.0}}}}
-  - id: seg
-    uses: segment
-    with: {{image: image, model: {model}, overlap: 64, scales: [1.0, 2.0]}}
-  - {{id: labels, uses: write, with: {{data: seg.labels, path: "{{output}}/labels.ome.zarr"}}}}
-"""
 
+def multiscale(work: Path, slide: Path, single: Path, turns: int = 3) -> list[tuple[str, str]]:
+    """``wfe run`` of the workflow ``single`` with its ``seg`` stage given two scales, over
+    ``slide``, and the model alone over the windows of both scales (decoded in memory,
+    the run's batch size and layout), in turns; each one's fastest turn counts."""
+    import yaml
 
-def multiscale(work: Path, slide: Path, turns: int = 3) -> list[tuple[str, str]]:
-    """``wfe run`` with two scales over ``slide`` and the model alone over the windows of
-    both scales (decoded in memory, the run's batch size and layout), in turns; each
-    one's fastest turn counts."""
     from tests.benchmarks.monai_compare import wfe_run
     from wfe.grid import WindowGrid
     from wfe.io import open_image
@@ -34,8 +26,10 @@ def multiscale(work: Path, slide: Path, turns: int = 3) -> list[tuple[str, str]]
     from wfe.resolution import at_resolution
     from wfe_builtin.models.loader import load_model
 
+    spec = yaml.safe_load(single.read_text())
+    next(s for s in spec["stages"] if s["id"] == "seg")["with"]["scales"] = list(SCALES)
     workflow = work / "multiscale.yaml"
-    workflow.write_text(WORKFLOW.format(model=ROOT / "workflows/models/demo.safetensors"))
+    workflow.write_text(yaml.safe_dump(spec))
     registry = load_registry()
     image = open_image(slide, registry)
     levels = [at_resolution(image, scale, "bench").levels[0].compute() for scale in SCALES]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections import OrderedDict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from wfe.errors import InputError
 from wfe.raster import Raster
-from wfe_builtin.readers._common import decode_guard, lazy_blocks
+from wfe_builtin.readers._common import decode_guard, kept_open, lazy_blocks
 
 __all__ = ["GeoTiffReader"]
 
@@ -33,42 +33,36 @@ READ_CACHE_MB = 64
 OPEN_PER_THREAD = 4
 _UNITS = {"metre": "m", "meter": "m", "m": "m", "degree": "°", "foot": "ft", "us survey foot": "ftUS"}
 _local = threading.local()
-_cache_capped = threading.Lock()
-_capped = False
 
 
+@cache
 def _cap_block_cache() -> None:
-    """Cap GDAL's block cache at :data:`READ_CACHE_MB` once per process, unless the user
+    """Cap GDAL's block cache at :data:`READ_CACHE_MB`, once per process, unless the user
     chose a size (``GDAL_CACHEMAX`` in the environment)."""
-    global _capped
-    with _cache_capped:
-        if not _capped and "GDAL_CACHEMAX" not in os.environ:
-            from rasterio.env import set_gdal_config
+    if "GDAL_CACHEMAX" not in os.environ:
+        from rasterio.env import set_gdal_config
 
-            set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB)
-        _capped = True
+        set_gdal_config("GDAL_CACHEMAX", READ_CACHE_MB)
+
+
+def _open_dataset(path: str, overview: int | None) -> Any:
+    import rasterio
+
+    _cap_block_cache()
+    return rasterio.open(path, **({} if overview is None else {"overview_level": overview}))
+
+
+def _close(dataset: Any) -> None:
+    dataset.close()
 
 
 def _dataset(path: str, overview: int | None) -> Any:
     """An open dataset for this thread, file and overview level (GDAL handles are not
     shared between threads); at most :data:`OPEN_PER_THREAD` stay open per thread."""
-    import rasterio
-
-    cache = getattr(_local, "datasets", None)
-    if cache is None:
-        cache = _local.datasets = OrderedDict()
-    key = (path, overview)
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    if not _capped:
-        _cap_block_cache()
-    kwargs = {} if overview is None else {"overview_level": overview}
-    cache[key] = rasterio.open(path, **kwargs)
-    while len(cache) > OPEN_PER_THREAD:
-        _, oldest = cache.popitem(last=False)
-        oldest.close()
-    return cache[key]
+    opened = getattr(_local, "opened", None)
+    if opened is None:
+        opened = _local.opened = kept_open(OPEN_PER_THREAD, _close)(_open_dataset)
+    return opened(path, overview)
 
 
 def _window(block_info: Any) -> tuple[Any, int, int]:

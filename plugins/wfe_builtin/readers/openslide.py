@@ -8,6 +8,7 @@ reader, which keeps its exact dtype and channels.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,16 @@ def _close(slide: Any) -> None:
 
 #: Bytes of decoded tiles OpenSlide keeps, for all slides of the process together.
 TILE_CACHE_BYTES = 64 << 20
-_tile_cache: Any = None
 
 
+@cache
 def _shared_tile_cache() -> Any:
     """One OpenSlide tile cache for every handle: each handle has its own 32 MiB cache
     otherwise, so the handles kept open over an archive held up to a gigabyte of tiles
     (32 MiB more per slide read, measured)."""
-    global _tile_cache
-    if _tile_cache is None:
-        import openslide
+    import openslide
 
-        _tile_cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
-    return _tile_cache
+    return openslide.OpenSlideCache(TILE_CACHE_BYTES)
 
 
 @kept_open(32, _close)
