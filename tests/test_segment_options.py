@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from conftest import MODEL
 from wfe import ArchitectureSpec, Raster, hookimpl
 from wfe.errors import WfeError
+from wfe.grid import WindowGrid
 from wfe.plugins import load_registry
 from wfe.resolution import at_resolution
 from wfe.stage import StageContext
@@ -250,6 +251,55 @@ def test_a_model_producing_nan_is_one_clear_error(tmp_path, image):
         out = _run(tmp_path, registry, crop, workflow_dir=tmp_path, model="nan.safetensors",
                    window=128)
         out["labels"].data.compute()
+
+
+def test_a_model_producing_nan_while_blending_on_the_device_is_one_clear_error(tmp_path):
+    from wfe_builtin.models.card import load_card
+    from wfe_builtin.models.loader import LoadedModel
+
+    weights = tmp_path / "nan.safetensors"
+    _card(weights, "NaNNet", "none", 3)
+    model = LoadedModel(load_card(weights), _NaNNet(2).eval(), "cpu", None)
+    region = np.full((3, 200, 260), 128, np.uint8)
+    with pytest.raises(WfeError, match="model 'nan' produced NaN"):
+        model.accumulate(region, [(10, 20), (10, 130), (72, 132)], (10, 20),
+                         np.ones((128, 128), np.float32), 2)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "crop"])
+def test_blending_on_the_device_equals_blending_on_the_host(tmp_path, registry, image,
+                                                            monkeypatch, blend):
+    """The path a GPU takes (regions to the device, windows cut and blended there, the
+    sums back), run on the CPU: the same probabilities and labels as numpy's blending,
+    over chunks of several regions (the strips between them included) and a flip TTA,
+    on an image whose sides are multiples of nothing."""
+    from wfe_builtin.models import loader
+
+    crop = Raster(levels=[image.levels[0][:, 13:714, 7:562]], pixel_size=[1.0],
+                  channels=image.channels)
+    params = {"chunk": 300, "overlap": 40, "tta": ["flip"], "blend": blend}
+    host = _run(tmp_path, registry, crop, **params)
+    expected = dask.compute(host["probabilities"].data, host["labels"].data)
+
+    calls = []
+    accumulate = loader.LoadedModel._accumulate
+
+    def counted(self, region, starts, *args):
+        calls.append(len(starts))
+        return accumulate(self, region, starts, *args)
+
+    def no_host_blending(self, batch, tta=()):
+        raise AssertionError("a window's prediction came back to the host")
+
+    monkeypatch.setattr(loader.LoadedModel, "blends_on_device", property(lambda self: True))
+    monkeypatch.setattr(loader.LoadedModel, "_accumulate", counted)
+    monkeypatch.setattr(loader.LoadedModel, "predict", no_host_blending)
+    device = _run(tmp_path, registry, crop, **params)
+    probs, labels = dask.compute(device["probabilities"].data, device["labels"].data)
+    grid = WindowGrid(701, 555, 256, 40)
+    assert len(calls) > 1 and sum(calls) == len(grid)  # every window once, region by region
+    assert np.abs(probs - expected[0]).max() <= 1e-5
+    assert (labels != expected[1]).mean() < 1e-5  # float ties may round either way
 
 
 def test_multiband_fpn_normalises_each_band(tmp_path, registry):

@@ -45,10 +45,13 @@ from dask.threaded import get as get_threaded
 from wfe.cores import available_cores
 from wfe.grid import WindowGrid, blend_weights
 
-__all__ = ["blend_block", "blended", "chunk_edges", "read_region", "sliding_window_map",
+__all__ = ["Accumulate", "blend_block", "blended", "chunk_edges", "read_region", "sliding_window_map",
            "sliding_window_sums"]
 
 Predict = Callable[[np.ndarray], np.ndarray]
+# (region, window starts, region origin, weights, batch size) -> the region's sums
+Accumulate = Callable[[np.ndarray, list[tuple[int, int]], tuple[int, int], np.ndarray, int],
+                      np.ndarray]
 After = Callable[[int, int], list[tuple[int, ...]]]  # chunk (i, j) -> another array's blocks
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 Part = tuple[np.ndarray, tuple[int, int]]  # (Σ p·w per channel, Σ w) stacked, origin (y, x)
@@ -193,8 +196,9 @@ def _block(window: int, overlap: int, chunk: int) -> int:
 class _ReadGate:
     """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks."""
 
-    def __init__(self, ahead: int = 1) -> None:
+    def __init__(self, ahead: int = 1, workers: int = 1) -> None:
         self._ahead = ahead
+        self._workers = workers
         self._waiting = 0  # regions read whose chunk's task has not yet taken them
         self._running = 0  # chunks' tasks under way
         self._first = "unread"  # the pass's first read: "unread", "reading", "read"
@@ -206,7 +210,8 @@ class _ReadGate:
 
         The pass's first read runs alone, on every core: nothing else can start
         before a region is read, and the model waits for it. Later reads wait for it
-        to end (it always does, so that never deadlocks either)."""
+        to end (it always does, so that never deadlocks either), and run on the
+        gate's ``workers`` threads."""
         with self._changed:
             first = self._first == "unread"
             if first:
@@ -216,7 +221,8 @@ class _ReadGate:
                 self._changed.wait()
             self._waiting += 1
         try:
-            return read_region(image, region, workers=available_cores() if first else 1)
+            return read_region(image, region,
+                               workers=available_cores() if first else self._workers)
         except BaseException:
             self._update(waiting=-1)
             raise
@@ -251,6 +257,7 @@ class _Pass:
     out_channels: int
     batch_size: int
     gate: _ReadGate
+    accumulate: Accumulate | None = None
 
 
 def _finish(run: _Pass, box: Box, starts: list[tuple[int, int]], origin: tuple[int, int],
@@ -304,6 +311,12 @@ def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
     gate is told when the region is taken and while its windows run."""
     run.gate.started()
     try:
+        if run.accumulate is not None:
+            sums = run.accumulate(region, starts, origin, run.weights, run.batch_size)
+            expected = (run.out_channels + 1, *region.shape[1:])
+            if sums.shape != expected:
+                raise ValueError(f"accumulate returned shape {sums.shape}, expected {expected}")
+            return sums, origin
         return _accumulate(region, starts, origin, run.predict, run.window, run.weights,
                            run.out_channels, run.batch_size)
     finally:
@@ -410,7 +423,9 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
                         chunk: int = 2048, batch_size: int = 8,
                         keep: Callable[[int, int], bool] | None = None,
                         needed: Callable[[int, int], bool] | None = None,
-                        after: Sequence[tuple[da.Array, After]] = ()) -> da.Array:
+                        after: Sequence[tuple[da.Array, After]] = (),
+                        accumulate: Accumulate | None = None,
+                        read_workers: int = 1) -> da.Array:
     """Apply ``predict`` over overlapping windows of ``image`` (c, y, x); return, per
     pixel, the weighted sum of the windows' predictions for each of the ``k`` channels
     and the sum of the weights: ``(k + 1, y, x)`` float32, the channel axis one chunk.
@@ -443,6 +458,17 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
         pass that this one is fused with is then computed in step with it, its chunks
         ready as this pass's chunks need them, rather than after this whole pass
         (which would hold every chunk of it in memory until then).
+    accumulate
+        Computes a region's sums itself, in place of ``predict`` and the blending here:
+        ``accumulate(region, starts, origin, weights, batch_size)`` returns the
+        ``(out_channels + 1, h, w)`` sums of the windows at ``starts`` (image
+        coordinates) in ``region`` (the image read at ``origin``), each window's
+        prediction times ``weights`` and the weights, summed where windows overlap. A
+        model on a GPU blends there, so that only a region's pixels go to the device
+        and only its sums come back, not every window's prediction.
+    read_workers
+        Threads decoding each region after the first (which uses every core). One
+        when the model runs on the CPU, whose cores it needs; more when it does not.
     """
     _, height, width = image.shape
     grid = WindowGrid(height, width, window, overlap)
@@ -458,8 +484,8 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
     # The graph is written as one layer of plain tasks: building it takes time in
     # proportion to the number of chunks (one dask.delayed call per task merges
     # the graphs of its dependencies, which grows with the square).
-    gate = _ReadGate()
-    run = _Pass(predict, window, weights, out_channels, batch_size, gate)
+    gate = _ReadGate(workers=read_workers)
+    run = _Pass(predict, window, weights, out_channels, batch_size, gate, accumulate)
     name = f"sliding-window-{gate.token}"
     read, finish, cut = f"{name}-read", f"{name}-finish", f"{name}-cut"
     spill, spill_read = f"{name}-spill", f"{name}-spill-read"

@@ -92,30 +92,94 @@ class LoadedModel:
     def _predict(self, batch: np.ndarray, tta: tuple[str, ...]) -> np.ndarray:
         import torch
 
-        views = _tta_views(tta)
         with torch.inference_mode():
             # Pixels go to the device as they are (uint8: a quarter of float32) and are
-            # normalised there; a copy, so the caller's array is never changed in place.
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            x = x.to(torch.float32, copy=True)
-            x.mul_(self._gain).sub_(self._offset)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            total = None
-            for forward, back in views:
-                with torch.autocast(device_type=self.device.split(":")[0],
-                                    dtype=self.autocast or torch.float32,
-                                    enabled=self.autocast is not None):
-                    logits = self.net(forward(x))
-                probs = back(torch.softmax(logits.float(), dim=1))
-                total = probs if total is None else total.add_(probs)
-            if len(views) > 1:
-                total.div_(len(views))
-            finite = bool(torch.isfinite(total.sum()))  # NaN or ±inf anywhere: not finite
-            out = total.cpu().numpy()
+            # normalised there.
+            probs = self._probabilities(torch.from_numpy(np.ascontiguousarray(batch))
+                                        .to(self.device), tta)
+            finite = bool(torch.isfinite(probs.sum()))  # NaN or ±inf anywhere: not finite
+            out = probs.cpu().numpy()
         if not finite:
-            raise WfeError(f"model {self.card.name!r} produced NaN or infinite values",
-                           "check the weights, or try precision: fp32")
+            raise self._not_finite()
+        return out
+
+    def _probabilities(self, pixels: Any, tta: tuple[str, ...]) -> Any:
+        """The averaged class probabilities (float32 tensor on the device) of raw pixels
+        ``(n, c, h, w)`` already on the device; under ``torch.inference_mode()``."""
+        import torch
+
+        views = _tta_views(tta)
+        x = pixels.to(torch.float32, copy=True)  # a copy: the caller's pixels stay as they are
+        x.mul_(self._gain).sub_(self._offset)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        total = None
+        for forward, back in views:
+            with torch.autocast(device_type=self.device.split(":")[0],
+                                dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                logits = self.net(forward(x))
+            probs = back(torch.softmax(logits.float(), dim=1))
+            total = probs if total is None else total.add_(probs)
+        if len(views) > 1:
+            total.div_(len(views))
+        return total
+
+    def _not_finite(self) -> WfeError:
+        return WfeError(f"model {self.card.name!r} produced NaN or infinite values",
+                        "check the weights, or try precision: fp32")
+
+    @property
+    def blends_on_device(self) -> bool:
+        """Whether the segment stage blends on the model's device (:meth:`accumulate`):
+        on a GPU, where moving every window's prediction to the host and blending it
+        there would cost more than the network; not on the CPU, where numpy blends
+        one batch while the model runs the next (docs/inference.md)."""
+        return self.device != "cpu"
+
+    def accumulate(self, region: np.ndarray, starts: list[tuple[int, int]],
+                   origin: tuple[int, int], weights: np.ndarray, batch_size: int,
+                   tta: tuple[str, ...] = ()) -> np.ndarray:
+        """The blended sums of the windows at ``starts`` in ``region`` (raw pixels
+        ``(c, h, w)`` read at ``origin``), computed on the model's device: each window's
+        probabilities times ``weights``, summed per class, then the weights summed, as a
+        ``(k + 1, h, w)`` float32 array (the :data:`wfe.stitch.Accumulate` contract).
+
+        The region goes to the device once (uint8) and the windows are cut there; the
+        sums come back once. A window's overlap with its neighbours is not sent again,
+        and no window's prediction crosses to the host.
+        """
+        return on_torch_thread(self._accumulate, region, starts, origin, weights, batch_size,
+                               tta)
+
+    def _accumulate(self, region: np.ndarray, starts: list[tuple[int, int]],
+                    origin: tuple[int, int], weights: np.ndarray, batch_size: int,
+                    tta: tuple[str, ...]) -> np.ndarray:
+        import torch
+
+        k, window = len(self.card.classes), weights.shape[0]
+        oy, ox = origin
+        with torch.inference_mode():
+            pixels = torch.from_numpy(np.ascontiguousarray(region)).to(self.device)
+            w = torch.tensor(weights, dtype=torch.float32, device=self.device)
+            sums = torch.zeros((k + 1, *region.shape[1:]), dtype=torch.float32,
+                               device=self.device)
+            num, den = sums[:k], sums[k]
+            for i in range(0, len(starts), batch_size):
+                batch = starts[i:i + batch_size]
+                probs = self._probabilities(torch.stack(
+                    [pixels[:, y - oy:y - oy + window, x - ox:x - ox + window]
+                     for y, x in batch]), tta)
+                for (y, x), p in zip(batch, probs, strict=True):
+                    ys, xs = slice(y - oy, y - oy + window), slice(x - ox, x - ox + window)
+                    num[:, ys, xs].addcmul_(p, w)
+                    den[ys, xs].add_(w)
+            # A NaN or infinity in any prediction reaches the sums (times a weight of 0
+            # it is NaN): one check per region, not one wait for the device per batch.
+            finite = bool(torch.isfinite(num.sum()))
+            out = sums.cpu().numpy()
+        if not finite:
+            raise self._not_finite()
         return out
 
     def reuse_buffers(self, batch_size: int) -> None:

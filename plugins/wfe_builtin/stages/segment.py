@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from wfe.checkpoint import KeptArray
+from wfe.cores import available_cores
 from wfe.errors import InputError
 from wfe.grid import BLEND_MODES, WindowGrid
 from wfe.raster import Raster
@@ -190,10 +191,15 @@ class SegmentStage(Stage):
             elif done:
                 needed = reads[n - 1].needed(done)
             after = [] if n else [(up, _same_block) for up in ups]
+            # On a GPU the windows are blended there, and the CPU's cores are free to
+            # decode each region (docs/inference.md, On a GPU).
+            on_device = model.blends_on_device
             sums = sliding_window_sums(
                 arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
-                batch_size=batch_size, keep=keep, needed=needed, after=after)
+                batch_size=batch_size, keep=keep, needed=needed, after=after,
+                accumulate=partial(model.accumulate, tta=tta) if on_device else None,
+                read_workers=available_cores() if on_device else 1)
             if n:
                 ups.append(_upsampled(sums, background, level, levels[0], spatial, ctx.stage_id))
 
