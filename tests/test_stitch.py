@@ -275,13 +275,13 @@ def test_the_first_region_is_read_alone_on_every_core():
     spans, lock = [], threading.Lock()
     read = stitch.read_region
 
-    def timed_read(img, region, workers=1):
+    def timed_read(img, region, workers=1, shared=None):
         start = time.perf_counter()
         with lock:
             index = len(spans)
             spans.append([start, None, workers])
         try:
-            return read(img, region, workers)
+            return read(img, region, workers, shared)
         finally:
             spans[index][1] = time.perf_counter()
 
@@ -322,3 +322,35 @@ def test_labels_come_from_the_sums_without_dividing():
     labels = _labels_from_sums(sums, background)
     np.testing.assert_array_equal(labels, _argmax(blend_block(sums, background)))
     assert (labels[0, :, -100:] == 2).all() and (labels[0, :, :200] != 2).any()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_blocks_under_two_regions_are_decoded_once(monkeypatch, workers):
+    """A region's margin reaches into the blocks of the next chunks: those blocks are
+    kept for the regions that need them too, in whatever order they are read, and let
+    go by the last. Without the store (a budget of nothing) they are decoded again,
+    and the result is the same either way. (Two reads at once, with more workers than
+    the model leaves idle, may both decode a block.)"""
+    import wfe.block_cache
+    from conftest import counted_chunks
+
+    def pixels(c0, c1, y0, y1, x0, x1):
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        return np.stack([(yy * 5 + xx * 11 + c * 7) % 253 for c in range(c0, c1)]).astype(np.uint8)
+
+    chunks = ((3,), (64,) * 10 + (37,), (64,) * 12 + (29,))  # 677 × 797, blocks of 64
+    kwargs = {"out_channels": 2, "window": 96, "overlap": 32, "chunk": 192, "batch_size": 8}
+    results, decodes = [], []
+    for budget in (None, 0):
+        monkeypatch.setattr(wfe.block_cache, "DEFAULT_BUDGET",
+                            wfe.block_cache.DEFAULT_BUDGET if budget is None else 0)
+        image, computed = counted_chunks(pixels, np.uint8, chunks)
+        out = sliding_window_map(image, _toy_predict, **kwargs)
+        results.append(out.compute(scheduler="threads", num_workers=workers))
+        decodes.append(computed)
+    shared, alone = decodes
+    assert set(shared) == set(alone) and len(shared) == 11 * 13  # every block, read
+    if workers == 1:
+        assert max(shared.values()) == 1, shared  # ... once
+    assert sum(alone.values()) > 1.3 * sum(shared.values()), alone  # without it, again
+    np.testing.assert_array_equal(results[0], results[1])
