@@ -140,15 +140,10 @@ def _strip(part: Part, box: Box) -> Part:
     return sums[(slice(None), *src)].copy(), top_left
 
 
-def blocks_under(image: da.Array, region: tuple[slice, ...]) -> list[tuple[Any, ...]]:
-    """The dask keys of ``image``'s blocks under ``region`` (plain slices)."""
-    return _blocks_under(image, region)[2]
-
-
 def _blocks_under(image: da.Array, region: tuple[slice, ...]) -> tuple[
         list[tuple[int, int, int, int, np.ndarray]], list[tuple[int, ...]], list[tuple[Any, ...]]]:
-    """Per axis (start, stop, first block, end block, block edges); the blocks' indices;
-    their keys."""
+    """``image``'s blocks under ``region`` (plain slices): per axis (start, stop, first
+    block, end block, block edges); the blocks' indices; their dask keys."""
     spans = []
     for sl, chunks, n in zip(region, image.chunks, image.shape, strict=True):
         start, stop, _ = sl.indices(n)
@@ -262,7 +257,7 @@ class _ReadGate:
     def will_read(self, image: da.Array, region: tuple[slice, ...]) -> None:
         """A task of the pass will read ``image[region]``: the blocks under it that
         other regions share are decoded once."""
-        self._shared.expect(blocks_under(image, region))
+        self._shared.expect(_blocks_under(image, region)[2])
 
     def started(self) -> None:
         """A chunk's task has taken its region and runs."""
