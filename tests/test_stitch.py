@@ -139,6 +139,52 @@ def test_reading_keeps_one_region_ahead_of_a_slow_model():
     assert max(computed.values()) <= 4, computed
 
 
+def test_one_chunk_of_a_pass_runs_at_a_time(monkeypatch):
+    """Chunks whose neighbours above and to the left are done (both of the second
+    diagonal's) run one after the other, not side by side: the model takes one batch at
+    a time, so a second chunk under way would only hold its sums in memory beside the
+    first's. The result is unchanged."""
+    import functools
+    import threading
+    import time
+
+    import wfe.stitch as stitch
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    accumulate = stitch._accumulate
+
+    @functools.wraps(accumulate)
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return accumulate(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    model = threading.Lock()
+
+    def slow_predict(batch):
+        with model:  # one batch at a time, as the model loader does
+            time.sleep(0.01)
+            return _toy_predict(batch)
+
+    pixels = np.random.default_rng(3).integers(0, 255, (3, 431, 389)).astype(np.float32)
+    image = da.from_array(pixels, chunks=(3, 100, 100))
+    expected = sliding_window_map(image, _toy_predict, out_channels=2, window=64, overlap=16,
+                                  chunk=96, batch_size=4).compute(scheduler="synchronous")
+    monkeypatch.setattr(stitch, "_accumulate", counted)
+    out = sliding_window_map(image, slow_predict, out_channels=2, window=64, overlap=16,
+                             chunk=96, batch_size=4)
+    result = out.compute(scheduler="threads", num_workers=4)
+    assert most == 1, f"{most} chunks ran at once"
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
 def test_finished_chunks_are_written_before_more_are_made():
     """A fast model must not run ahead of what consumes its output (a writer): finished
     chunks waiting to be written would pile up in memory, a whole row and more of

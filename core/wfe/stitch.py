@@ -20,7 +20,9 @@ and decode the whole image ahead of it; so a read waits, while a chunk of the sa
 pass is being computed, until no region read earlier is still waiting for its
 chunk (:class:`_ReadGate`): the next region is read while the model runs on the
 current one, and no further ahead. It waits only on a running task, which
-always ends, so it never deadlocks, whatever the number of workers.
+always ends, so it never deadlocks, whatever the number of workers. For the same
+reason the gate runs a pass's chunks one at a time: the model takes one batch at a
+time, and a second chunk under way would only hold its sums beside the first's.
 """
 
 from __future__ import annotations
@@ -214,7 +216,8 @@ def _block(window: int, overlap: int, chunk: int) -> int:
 
 
 class _ReadGate:
-    """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks."""
+    """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks, and
+    runs those tasks one at a time."""
 
     def __init__(self, ahead: int = 1, workers: int = 1) -> None:
         self._ahead = ahead
@@ -260,8 +263,22 @@ class _ReadGate:
         self._shared.expect(_blocks_under(image, region)[2])
 
     def started(self) -> None:
-        """A chunk's task has taken its region and runs."""
-        self._update(waiting=-1, running=+1)
+        """A chunk's task has taken its region: it runs once no other chunk's task of the
+        pass runs.
+
+        The model runs one batch at a time anyway (and two batches of one chunk are in
+        flight: :func:`_accumulate`), so a second chunk under way gains nothing but
+        holds its sums (81 MiB for three classes at the default chunk) beside the
+        first's; a larger image's wavefront has more chunks ready at once, so that
+        made the peak memory grow with the image (docs/inference.md, Memory). The task
+        running always ends (it waits for nothing but the model), so the wait cannot
+        deadlock."""
+        with self._changed:
+            while self._running:
+                self._changed.wait()
+            self._waiting -= 1
+            self._running += 1
+            self._changed.notify_all()
 
     def ended(self) -> None:
         """A chunk's task has ended."""
