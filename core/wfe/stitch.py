@@ -62,19 +62,22 @@ Part = tuple[np.ndarray, tuple[int, int]]  # (Σ p·w per channel, Σ w) stacked
 
 def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple[int, int],
                 predict: Predict, window: int, weights: np.ndarray, out_channels: int,
-                batch_size: int) -> Part:
+                batch_size: int, submitted: Callable[[], None] = lambda: None) -> Part:
     """Predict the windows in ``region`` and return their sums at ``origin``: Σ p·w for
     each channel, then Σ w, as one ``(out_channels + 1, h, w)`` array.
 
     Two batches are in flight: while the model runs on one, the next is cut out and
     handed to ``predict`` (which may queue it), and the one before is added in, in
-    order (so the sums are the same as one batch after the other).
+    order (so the sums are the same as one batch after the other). ``submitted`` is
+    called once the last batch has been handed to ``predict``: from then on the next
+    chunk's first batch can wait behind it. The sums are zeroed once the first batch
+    has been handed over, so the model does not wait for that.
     """
     h, w = region.shape[1:]
-    sums = np.zeros((out_channels + 1, h, w), np.float32)
-    num, den = sums[:out_channels], sums[out_channels]
     oy, ox = origin
     weighted = np.empty((out_channels, window, window), np.float32)  # reused: no temporaries
+    sums = np.empty((out_channels + 1, h, w), np.float32)
+    num, den = sums[:out_channels], sums[out_channels]
 
     def run(batch_starts: list[tuple[int, int]]) -> np.ndarray:
         batch = np.stack([region[:, y - oy:y - oy + window, x - ox:x - ox + window]
@@ -93,16 +96,22 @@ def _accumulate(region: np.ndarray, starts: list[tuple[int, int]], origin: tuple
 
     batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
     if len(batches) == 1:
-        add(batches[0], run(batches[0]))
+        preds = run(batches[0])
+        submitted()
+        sums.fill(0)
+        add(batches[0], preds)
         return sums, origin
     with ThreadPoolExecutor(2, thread_name_prefix="wfe-batch") as pool:
         pending: deque[tuple[list[tuple[int, int]], Future[np.ndarray]]] = deque()
         try:
-            for batch_starts in batches:
+            for n, batch_starts in enumerate(batches):
                 pending.append((batch_starts, pool.submit(run, batch_starts)))
+                if n == 0:
+                    sums.fill(0)
                 if len(pending) == 2:
                     done, preds = pending.popleft()
                     add(done, preds.result())
+            submitted()
             while pending:
                 done, preds = pending.popleft()
                 add(done, preds.result())
@@ -224,6 +233,7 @@ class _ReadGate:
         self._workers = workers
         self._waiting = 0  # regions read whose chunk's task has not yet taken them
         self._running = 0  # chunks' tasks under way
+        self._model_taken = False  # a chunk's task has the model (one at a time)
         self._first = "unread"  # the pass's first read: "unread", "reading", "read"
         self._changed = threading.Condition()
         self._shared = SharedBlocks()  # blocks under two regions, decoded once
@@ -263,21 +273,30 @@ class _ReadGate:
         self._shared.expect(_blocks_under(image, region)[2])
 
     def started(self) -> None:
-        """A chunk's task has taken its region: it runs once no other chunk's task of the
-        pass runs.
+        """A chunk's task has taken its region: it runs once no other chunk of the pass
+        has the model (:meth:`handed_over`).
 
         The model runs one batch at a time anyway (and two batches of one chunk are in
         flight: :func:`_accumulate`), so a second chunk under way gains nothing but
         holds its sums (81 MiB for three classes at the default chunk) beside the
         first's; a larger image's wavefront has more chunks ready at once, so that
-        made the peak memory grow with the image (docs/inference.md, Memory). The task
-        running always ends (it waits for nothing but the model), so the wait cannot
-        deadlock."""
+        made the peak memory grow with the image (docs/inference.md, Memory). The
+        chunk that has the model always hands it over (it waits for nothing but the
+        model), so the wait cannot deadlock."""
         with self._changed:
-            while self._running:
+            while self._model_taken:
                 self._changed.wait()
+            self._model_taken = True
             self._waiting -= 1
             self._running += 1
+            self._changed.notify_all()
+
+    def handed_over(self) -> None:
+        """The running chunk has handed the model its last batch: the next chunk may
+        start, its first batch queued behind that one, so that the model does not wait
+        between chunks. Reads still count the chunk as running until it ends."""
+        with self._changed:
+            self._model_taken = False
             self._changed.notify_all()
 
     def ended(self) -> None:
@@ -352,8 +371,17 @@ def _add_parts(sums: np.ndarray, extent: Box, parts: tuple[Part, ...]) -> None:
 def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
              origin: tuple[int, int]) -> Part:
     """The sums of the windows ``starts`` in ``region`` (read at ``origin``); the pass's
-    gate is told when the region is taken and while its windows run."""
+    gate is told when the region is taken, when the chunk has handed the model its last
+    batch, and when it ends."""
     run.gate.started()
+    handed = False
+
+    def hand_over() -> None:
+        nonlocal handed
+        if not handed:
+            handed = True
+            run.gate.handed_over()
+
     try:
         if run.accumulate is not None:
             sums = run.accumulate(region, starts, origin, run.weights, run.batch_size)
@@ -362,8 +390,9 @@ def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
                 raise ValueError(f"accumulate returned shape {sums.shape}, expected {expected}")
             return sums, origin
         return _accumulate(region, starts, origin, run.predict, run.window, run.weights,
-                           run.out_channels, run.batch_size)
+                           run.out_channels, run.batch_size, submitted=hand_over)
     finally:
+        hand_over()
         run.gate.ended()
 
 
