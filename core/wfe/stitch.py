@@ -21,8 +21,9 @@ pass is being computed, until no region read earlier is still waiting for its
 chunk (:class:`_ReadGate`): the next region is read while the model runs on the
 current one, and no further ahead. It waits only on a running task, which
 always ends, so it never deadlocks, whatever the number of workers. For the same
-reason the gate runs a pass's chunks one at a time: the model takes one batch at a
-time, and a second chunk under way would only hold its sums beside the first's.
+reason the gate gives the model to one chunk of a pass at a time (the next starts once
+the one before has handed over its last batch): the model takes one batch at a time,
+and a second chunk under way would only hold its sums beside the first's.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _block(window: int, overlap: int, chunk: int) -> int:
 
 class _ReadGate:
     """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks, and
-    runs those tasks one at a time."""
+    gives the model to one of those tasks at a time."""
 
     def __init__(self, ahead: int = 1, workers: int = 1) -> None:
         self._ahead = ahead
