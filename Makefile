@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench docs model clean venv
+.PHONY: demo test bench docs model clean venv device-wheels
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
+
+# Wheels for a GPU machine that lacks some of wfe's packages (docs/benchmarks.md, On a GPU).
+device-wheels: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.device_wheels
 
 docs: $(STAMP)
 	$(BIN)/python -m wfe.docs docs/reference

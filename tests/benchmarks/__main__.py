@@ -10,6 +10,10 @@ Writers: a lazily generated 40,000² label image with ~100,000 objects written t
 each format (time, peak RSS), GeoJSON against reading a same-size source, and
 peak RSS per format at 1×, 4×, 16× the area (tests/benchmarks/writers.py).
 
+Precision: the model alone at fp32 and bf16, contiguous and channels-last, on the
+windows of the large slide, with the share of labels equal to fp32's, and ``wfe run``
+against it (tests/benchmarks/device.py; on a GPU also fp16, via on_gpu.sh).
+
 Throughput: ``wfe run`` (read → [tissue mask] → segment → write OME-Zarr [+ overlay])
 against the model alone on the *same windows* of the same image (real pixels,
 already in memory, same batch size), for the demo (mask on) and two larger slides
@@ -263,7 +267,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tests.benchmarks import monai_compare
+    from tests.benchmarks import device, monai_compare
     from tests.benchmarks.multiscale import multiscale
     from tests.benchmarks.tiling import tiling, tiling_memory
     from tests.benchmarks.writers import writers, writers_memory
@@ -285,6 +289,9 @@ def main() -> None:
         rows = throughput(work, "demo", (6144, 4096), 7, ROOT / "workflows/demo.yaml")
         rows += throughput(work, "large", (8192, 8192), 5, no_mask, monai=True)
         rows += multiscale(work, work / "large.tiff", no_mask)
+        # Precisions and layouts on the CPU (a GPU machine runs tests/benchmarks/on_gpu.sh).
+        rows += [(f"device: {name}", value) for name, value in
+                 device.measure(work / "device", "cpu", 8192, 3, slide=work / "large.tiff")]
         # 4× the area: what a fixed cost per run weighs against what grows with it.
         rows += throughput(work, "xl", (16384, 16384), 5, no_mask, monai=True)
         rows += monai_compare.mask_on(work)
