@@ -432,3 +432,72 @@ def test_every_model_call_runs_on_the_one_torch_thread(tmp_path, registry, image
     assert len(callers) > 1  # several threads asked for predictions...
     assert forwards == {torch_thread._ident}  # ...and one thread ran them all
     assert threading.get_ident() not in forwards
+
+
+def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, registry,
+                                                                  monkeypatch):
+    """The GPU's path for a JPEG-tiled slide, run on the CPU: each region's compressed
+    tiles go to the model, which decodes them (torchvision's ``decode_jpeg``, nvJPEG on a
+    GPU) and blends there; the reader decodes none during the pass, and the result is
+    the one the reader's decoding gives, on a level whose sides are not whole tiles."""
+    from wfe.io import open_image
+    from wfe_builtin.models import loader
+    from wfe_builtin.readers import tiff
+    from wfe_builtin.synthetic.slide import SyntheticSlide, write_slide
+
+    path = write_slide(SyntheticSlide(width=1403, height=1109, seed=4), tmp_path / "odd.tiff")
+    image = at_resolution(open_image(path, registry), 1.0, "t")  # level 1: 702 × 555
+    params = {"chunk": 300, "overlap": 40}
+    host = _run(tmp_path, registry, image, **params)
+    expected = dask.compute(host["probabilities"].data, host["labels"].data)
+
+    reads, decoded = [], []
+    read_encoded, decode_region = loader.LoadedModel.read_encoded, tiff._decode_region
+
+    def counted_read(self, tiles, index):
+        reads.append(index)
+        return read_encoded(self, tiles, index)
+
+    def counted_decode(*args, **kwargs):
+        decoded.append(1)
+        return decode_region(*args, **kwargs)
+
+    monkeypatch.setattr(loader.LoadedModel, "blends_on_device", property(lambda self: True))
+    monkeypatch.setattr(loader.LoadedModel, "read_encoded", counted_read)
+    monkeypatch.setattr(tiff, "_decode_region", counted_decode)
+    ctx_records = {}
+    monkeypatch.setattr(StageContext, "record", lambda self, k, v: ctx_records.update({k: v}))
+    device = _run(tmp_path, registry, image, **params)
+    assert ctx_records.get("decoded_on") == "cpu"
+    checked = len(reads)  # the corner compared with the reader's decoding
+    decoded.clear()
+    probs, labels = dask.compute(device["probabilities"].data, device["labels"].data)
+    assert len(reads) - checked > 1 and not decoded
+    assert probs.shape == (3, 555, 702)
+    assert np.abs(probs - expected[0]).max() <= 1e-5
+    assert (labels != expected[1]).mean() < 1e-5
+
+
+def test_tiles_a_device_decodes_otherwise_are_decoded_on_the_cpu(tmp_path, registry,
+                                                                 monkeypatch, caplog):
+    """A device decoder that gives other pixels than the reader's (here: every tile's
+    stream swapped for another tile's) is caught on one corner before the pass: the
+    CPU decodes, with a warning, and the result is the reader's."""
+    from wfe.encoded import EncodedTiles
+    from wfe.io import open_image
+    from wfe_builtin.models import loader
+    from wfe_builtin.synthetic.slide import SyntheticSlide, write_slide
+
+    path = write_slide(SyntheticSlide(width=1024, height=1024, seed=4), tmp_path / "s.tiff")
+    image = at_resolution(open_image(path, registry), 1.0, "t")
+    tiles = image.attrs["encoded"][image.levels[0].name]
+    wrong = EncodedTiles(tiles.codec, tiles.shape, tiles.tile,
+                         lambda indices: tiles.fetch([(1 - r, 1 - c) for r, c in indices]))
+    image = Raster(levels=image.levels, pixel_size=image.pixel_size, channels=image.channels,
+                   attrs={**image.attrs, "encoded": {image.levels[0].name: wrong}})
+    host = _run(tmp_path, registry, image, chunk=300)["labels"].data.compute()
+    monkeypatch.setattr(loader.LoadedModel, "blends_on_device", property(lambda self: True))
+    with caplog.at_level("WARNING"):
+        device = _run(tmp_path, registry, image, chunk=300)["labels"].data.compute()
+    assert "decode on cpu unlike the reader's decoding" in caplog.text
+    assert (device != host).mean() < 1e-5

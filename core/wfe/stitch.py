@@ -229,9 +229,11 @@ class _ReadGate:
     """Keeps a pass's reading at most ``ahead`` regions ahead of its chunks' tasks, and
     gives the model to one of those tasks at a time."""
 
-    def __init__(self, ahead: int = 1, workers: int = 1) -> None:
+    def __init__(self, ahead: int = 1, workers: int = 1,
+                 reader: Callable[[tuple[slice, ...]], Any] | None = None) -> None:
         self._ahead = ahead
         self._workers = workers
+        self._reader = reader  # reads a region in place of the image's own blocks
         self._waiting = 0  # regions read whose chunk's task has not yet taken them
         self._running = 0  # chunks' tasks under way
         self._model_taken = False  # a chunk's task has the model (one at a time)
@@ -256,6 +258,8 @@ class _ReadGate:
                 self._changed.wait()
             self._waiting += 1
         try:
+            if self._reader is not None:
+                return self._reader(region)
             return read_region(image, region,
                                workers=available_cores() if first else self._workers,
                                shared=self._shared)
@@ -271,7 +275,8 @@ class _ReadGate:
     def will_read(self, image: da.Array, region: tuple[slice, ...]) -> None:
         """A task of the pass will read ``image[region]``: the blocks under it that
         other regions share are decoded once."""
-        self._shared.expect(_blocks_under(image, region)[2])
+        if self._reader is None:
+            self._shared.expect(_blocks_under(image, region)[2])
 
     def started(self) -> None:
         """A chunk's task has taken its region: it runs once no other chunk of the pass
@@ -500,7 +505,8 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
                         needed: Callable[[int, int], bool] | None = None,
                         after: Sequence[tuple[da.Array, After]] = (),
                         accumulate: Accumulate | None = None,
-                        read_workers: int = 1) -> da.Array:
+                        read_workers: int = 1,
+                        read: Callable[[tuple[slice, ...]], Any] | None = None) -> da.Array:
     """Apply ``predict`` over overlapping windows of ``image`` (c, y, x); return, per
     pixel, the weighted sum of the windows' predictions for each of the ``k`` channels
     and the sum of the weights: ``(k + 1, y, x)`` float32, the channel axis one chunk.
@@ -544,7 +550,14 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
     read_workers
         Threads decoding each region after the first (which uses every core). One
         when the model runs on the CPU, whose cores it needs; more when it does not.
+    read
+        ``read(index)`` gives the region ``image[index]`` (plain slices) in place of
+        computing it from ``image``'s blocks, in whatever form ``accumulate`` takes
+        (only with ``accumulate``): e.g. a tensor on the model's device, decoded there
+        from the image's compressed tiles (:mod:`wfe.encoded`).
     """
+    if read is not None and accumulate is None:
+        raise ValueError("read needs accumulate: predict takes numpy regions only")
     _, height, width = image.shape
     grid = WindowGrid(height, width, window, overlap)
     weights = blend_weights(window, blend, sigma_scale, overlap)
@@ -559,7 +572,7 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
     # The graph is written as one layer of plain tasks: building it takes time in
     # proportion to the number of chunks (one dask.delayed call per task merges
     # the graphs of its dependencies, which grows with the square).
-    gate = _ReadGate(workers=read_workers)
+    gate = _ReadGate(workers=read_workers, reader=read)
     run = _Pass(predict, window, weights, out_channels, batch_size, gate, accumulate)
     name = f"sliding-window-{gate.token}"
     read, finish, cut = f"{name}-read", f"{name}-finish", f"{name}-cut"

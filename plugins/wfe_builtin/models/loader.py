@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from wfe.collector import collection_paused
+from wfe.encoded import EncodedTiles
 from wfe.errors import InputError, WfeError
 from wfe.heap import reuse_blocks_up_to
 from wfe.plugins import Registry
@@ -160,7 +161,8 @@ class LoadedModel:
         k, window = len(self.card.classes), weights.shape[0]
         oy, ox = origin
         with torch.inference_mode():
-            pixels = torch.from_numpy(np.ascontiguousarray(region)).to(self.device)
+            pixels = (region if isinstance(region, torch.Tensor)  # decoded there already
+                      else torch.from_numpy(np.ascontiguousarray(region)).to(self.device))
             w = torch.tensor(weights, dtype=torch.float32, device=self.device)
             sums = torch.zeros((k + 1, *region.shape[1:]), dtype=torch.float32,
                                device=self.device)
@@ -181,6 +183,45 @@ class LoadedModel:
         if not finite:
             raise self._not_finite()
         return out
+
+    def decodes(self, tiles: EncodedTiles) -> bool:
+        """Whether :meth:`read_encoded` can decode ``tiles`` on the model's device: JPEG,
+        grey or RGB (torchvision's ``decode_jpeg``: nvJPEG on a CUDA device)."""
+        return (tiles.codec == "jpeg" and tiles.shape[0] in (1, 3)
+                and self.device.split(":")[0] in ("cuda", "cpu"))
+
+    def read_encoded(self, tiles: EncodedTiles, index: tuple[slice, ...]) -> Any:
+        """The region ``index`` (``(channels, rows, columns)``, plain slices) of the level
+        ``tiles`` describes, as a ``(c, h, w)`` uint8 tensor on the model's device,
+        decoded there: only the compressed tiles cross to the device. The bytes are read
+        on the calling thread, the tiles decoded (in one batch) and placed on the torch
+        thread. A tile never written is 0, as the reader's own decoding gives it."""
+        _, ys, xs = index
+        indices, boxes = tiles.under(ys, xs)
+        streams = tiles.fetch(indices)
+        return on_torch_thread(self._decode_region, tiles, streams, boxes,
+                               (ys.stop - ys.start, xs.stop - xs.start))
+
+    def _decode_region(self, tiles: EncodedTiles, streams: list[bytes],
+                       boxes: list[tuple[slice, slice, slice, slice]],
+                       size: tuple[int, int]) -> Any:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        c = tiles.shape[0]
+        present = [n for n, data in enumerate(streams) if data]
+        region = torch.empty((c, *size), dtype=torch.uint8, device=self.device)
+        if len(present) < len(streams):
+            region.zero_()
+        if present:
+            decoded = decode_jpeg([torch.frombuffer(bytearray(streams[n]), dtype=torch.uint8)
+                                   for n in present],
+                                  mode=ImageReadMode.RGB if c == 3 else ImageReadMode.GRAY,
+                                  device=self.device)
+            for n, tile in zip(present, decoded, strict=True):
+                ry, rx, ty, tx = boxes[n]
+                region[:, ry, rx] = tile[:, ty, tx]
+        return region
 
     def reuse_buffers(self, batch_size: int) -> None:
         """On the CPU, keep the forward pass's buffers for batches of ``batch_size`` in

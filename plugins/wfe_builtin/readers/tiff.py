@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wfe.encoded import EncodedTiles
 from wfe.errors import InputError
 from wfe.raster import Raster
 from wfe_builtin.readers._common import (
@@ -215,6 +217,35 @@ def _decode_region(path: str, series: int, level: int,
     return out
 
 
+def _jpeg_streams(path: str, series: int, level: int,
+                  indices: list[tuple[int, int]]) -> list[bytes]:
+    """The JPEG tiles at ``indices`` (row, column) of one level, each a complete stream:
+    a level's shared tables (TIFF's JPEGTables), where it has them, go into each tile's
+    stream after its start marker. A tile never written is ``b""``."""
+    page = _pages(path, series)[level]
+    cols = -(-page.imagewidth // page.tilewidth)
+    tables = page.jpegtables[2:-2] if page.jpegtables else b""  # without SOI and EOI
+    fd = _fd(path)
+    streams = []
+    for row, col in indices:
+        i = row * cols + col
+        count = page.databytecounts[i]
+        data = os.pread(fd, count, page.dataoffsets[i]) if count else b""
+        streams.append(data[:2] + tables + data[2:] if data and tables else data)
+    return streams
+
+
+def _jpeg_tiles(path: Path, series: int, level: int, page: Any,
+                shape: tuple[int, int, int]) -> EncodedTiles | None:
+    """The level's JPEG tiles, for a model that decodes them on its device
+    (:mod:`wfe.encoded`): 8-bit grey or three-sample tiles, interleaved."""
+    if not (page.is_tiled and page.compression == 7 and page.bitspersample == 8
+            and page.samplesperpixel in (1, 3) and page.planarconfig == 1):
+        return None
+    return EncodedTiles("jpeg", shape, (page.tilelength, page.tilewidth),
+                        partial(_jpeg_streams, str(path), series, level))
+
+
 def _read_block(path: str, series: int, level: int,
                 select: tuple[Any, ...], order: tuple[int, ...], block_info: Any = None) -> np.ndarray:
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
@@ -309,7 +340,7 @@ class TiffReader:
             description = page.description or ""
             dtype = np.dtype(s.dtype)
         select, order, n_channels = _layout(axes, shapes[0], index, path)
-        levels = []
+        levels, encoded = [], {}
         for i, (shape, kf) in enumerate(zip(shapes, pages, strict=True)):
             h, w = shape[axes.index("Y")], shape[axes.index("X")]
             check_declared_size(path, kf, h, w, dtype.itemsize * n_channels)
@@ -323,6 +354,9 @@ class TiffReader:
             if single_page[i] and axes in ("YXS", "YX", "SYX"):
                 levels.append(lazy_blocks(_decode_region, shape, chunks, dtype, str(path),
                                           series, i))
+                tiles = _jpeg_tiles(path, series, i, kf, shape)
+                if tiles is not None:
+                    encoded[levels[-1].name] = tiles
             else:
                 levels.append(lazy_blocks(_read_block, shape, chunks, dtype, str(path), series,
                                           i, select, order))
@@ -337,5 +371,5 @@ class TiffReader:
                       crs=crs, transform=tuple(transform) if crs and transform else None,
                       attrs={"source": str(path), "reader": self.name, "vendor": vendor,
                              **{k: extra[k] for k in ("classes", "colors") if k in extra},
-                             "axes": axes, "associated": associated,
+                             "axes": axes, "associated": associated, "encoded": encoded,
                              "description": description[:2000]})

@@ -9,6 +9,7 @@ of the first. This module imports torch only when the stage runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,16 +20,22 @@ from pydantic import Field
 
 from wfe.checkpoint import KeptArray
 from wfe.cores import available_cores
+from wfe.encoded import encoded_tiles
 from wfe.errors import InputError
 from wfe.grid import BLEND_MODES, WindowGrid
 from wfe.raster import Raster
 from wfe.resample import integer_factor, resample, source_span
 from wfe.resolution import at_resolution
 from wfe.stage import Ref, Stage, StageContext, StageParams
-from wfe.stitch import blended, chunk_edges, sliding_window_sums
+from wfe.stitch import blended, chunk_edges, read_region, sliding_window_sums
 from wfe_builtin.models.card import card_path, load_card
 
 __all__ = ["SegmentStage"]
+
+#: Mean difference per pixel value (0-255) allowed between a device's decoding of JPEG
+#: tiles and the reader's: decoders round their transforms and chroma upsampling
+#: differently by a unit or two; a colour space taken wrongly differs by tens.
+DEVICE_DECODE_TOLERANCE = 2.0
 
 
 class SegmentParams(StageParams):
@@ -194,12 +201,13 @@ class SegmentStage(Stage):
             # On a GPU the windows are blended there, and the CPU's cores are free to
             # decode each region (docs/inference.md, On a GPU).
             on_device = model.blends_on_device
+            read = _read_on_device(model, level, ctx, source) if on_device else None
             sums = sliding_window_sums(
                 arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
                 batch_size=batch_size, keep=keep, needed=needed, after=after,
                 accumulate=partial(model.accumulate, tta=tta) if on_device else None,
-                read_workers=available_cores() if on_device else 1)
+                read_workers=available_cores() if on_device else 1, read=read)
             if n:
                 ups.append(_upsampled(sums, background, level, levels[0], spatial, ctx.stage_id))
 
@@ -257,6 +265,34 @@ class SegmentStage(Stage):
                 if store is not None:
                     kept[name] = store
         return kept
+
+
+def _read_on_device(model: Any, level: Raster, ctx: StageContext,
+                    source: str) -> Callable[[tuple[slice, ...]], Any] | None:
+    """Where the model can decode the level's compressed tiles on its device (nvJPEG
+    on a GPU), a reader of regions that sends it only those (:mod:`wfe.encoded`); else
+    None, and the CPU decodes. Checked first on the tiles of one corner against the
+    reader's own decoding: a colour space the device's decoder takes otherwise (an RGB
+    JPEG without its marker, say) is decoded on the CPU rather than differently."""
+    tiles = encoded_tiles(level, level.levels[0])
+    if tiles is None or not model.decodes(tiles):
+        return None
+    _, h, w = tiles.shape
+    corner = (slice(None), slice(0, min(h, 2 * tiles.tile[0])),
+              slice(0, min(w, 2 * tiles.tile[1])))
+    try:
+        on_device = model.read_encoded(tiles, corner).cpu().numpy().astype(np.int16)
+        differ = float(np.abs(on_device - read_region(level.levels[0], corner)).mean())
+    except Exception as exc:  # a decoder that refuses the stream: the CPU decodes
+        ctx.log.warning("%s: its tiles cannot be decoded on %s (%s); the CPU decodes them",
+                        source, model.device, exc)
+        return None
+    if differ > DEVICE_DECODE_TOLERANCE:
+        ctx.log.warning("%s: its tiles decode on %s unlike the reader's decoding (mean "
+                        "difference %.1f); the CPU decodes them", source, model.device, differ)
+        return None
+    ctx.record("decoded_on", model.device)
+    return partial(model.read_encoded, tiles)
 
 
 def _same_block(i: int, j: int) -> list[tuple[int, int, int]]:
