@@ -3,6 +3,7 @@ and the models that must fail clearly (NaN, CUDA absent)."""
 
 from __future__ import annotations
 
+import functools
 import types
 
 import dask
@@ -445,12 +446,6 @@ def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, regi
     from wfe_builtin.readers import tiff
     from wfe_builtin.synthetic.slide import SyntheticSlide, write_slide
 
-    path = write_slide(SyntheticSlide(width=1403, height=1109, seed=4), tmp_path / "odd.tiff")
-    image = at_resolution(open_image(path, registry), 1.0, "t")  # level 1: 702 × 555
-    params = {"chunk": 300, "overlap": 40}
-    host = _run(tmp_path, registry, image, **params)
-    expected = dask.compute(host["probabilities"].data, host["labels"].data)
-
     reads, decoded = [], []
     read_encoded, decode_region = loader.LoadedModel.read_encoded, tiff._decode_region
 
@@ -458,13 +453,21 @@ def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, regi
         reads.append(index)
         return read_encoded(self, tiles, index)
 
+    @functools.wraps(decode_region)  # dask passes block_info to what names it
     def counted_decode(*args, **kwargs):
         decoded.append(1)
         return decode_region(*args, **kwargs)
 
+    monkeypatch.setattr(tiff, "_decode_region", counted_decode)  # before the image's graph
+    path = write_slide(SyntheticSlide(width=1403, height=1109, seed=4), tmp_path / "odd.tiff")
+    image = at_resolution(open_image(path, registry), 1.0, "t")  # level 1: 702 × 555
+    params = {"chunk": 300, "overlap": 40}
+    host = _run(tmp_path, registry, image, **params)
+    expected = dask.compute(host["probabilities"].data, host["labels"].data)
+    assert decoded
+
     monkeypatch.setattr(loader.LoadedModel, "blends_on_device", property(lambda self: True))
     monkeypatch.setattr(loader.LoadedModel, "read_encoded", counted_read)
-    monkeypatch.setattr(tiff, "_decode_region", counted_decode)
     ctx_records = {}
     monkeypatch.setattr(StageContext, "record", lambda self, k, v: ctx_records.update({k: v}))
     device = _run(tmp_path, registry, image, **params)
@@ -476,6 +479,9 @@ def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, regi
     assert probs.shape == (3, 555, 702)
     assert np.abs(probs - expected[0]).max() <= 1e-5
     assert (labels != expected[1]).mean() < 1e-5
+    reads.clear()
+    _run(tmp_path, registry, image, decode_on_device=False, **params)["labels"].data.compute()
+    assert not reads and decoded  # asked not to: the reader decodes
 
 
 def test_tiles_a_device_decodes_otherwise_are_decoded_on_the_cpu(tmp_path, registry,

@@ -151,12 +151,14 @@ def repeat_slide(src: Path, dst: Path, times: int) -> Path:
     return dst
 
 
-def wfe_compute(slide: Path, workflow: Path, out: Path, device: str,
-                precision: str) -> dict[str, Any]:
-    """``wfe run`` of ``workflow`` on ``slide`` on ``device``: its record in run.json."""
+def wfe_compute(slide: Path, workflow: Path, out: Path, device: str, precision: str,
+                *settings: str) -> dict[str, Any]:
+    """``wfe run`` of ``workflow`` on ``slide`` on ``device``: its record in run.json.
+    ``settings``: more ``--set`` overrides (``seg.key=value``)."""
     done = subprocess.run([sys.executable, "-m", "wfe", "run", str(workflow), "-i", str(slide),
-                           "-o", str(out), "--device", device, "--set",
-                           f"seg.precision={precision}"], capture_output=True, text=True)
+                           "-o", str(out), "--device", device,
+                           *(a for kv in (f"seg.precision={precision}", *settings)
+                             for a in ("--set", kv))], capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"wfe run on {device} at {precision} failed ({done.returncode}):\n"
                  + (done.stdout + done.stderr)[-3000:])
@@ -262,15 +264,19 @@ def measure(work: Path, device: str, side: int, turns: int, repeat: int = 1,
                      f"fp32's on {agree:.4%} of pixels"))
 
     chosen = models[auto, bool(seg["channels_last"])]
-    runs, alone, from_host = [first], [], []
+    runs, alone, from_host, cpu_decoded = [first], [], [], []
     for n in range(turns):
         alone.append(time_on_device(chosen, on_device))
         from_host.append(time_from_host(chosen, host))
         runs.append(wfe_compute(slide, workflow, work / f"run-{n + 1}", device, auto))
+        if "decoded_on" in seg:  # the same run with the CPU decoding, beside it
+            cpu_decoded.append(wfe_compute(slide, workflow, work / f"cpu-decoded-{n}", device,
+                                           auto, "seg.decode_on_device=false"))
     compute = min(r["timings"]["compute"] for r in runs)
+    decoded = f"tiles decoded on {seg['decoded_on']}" if "decoded_on" in seg else "CPU decodes"
     rows += [
-        (f"wfe run ({auto}, channels-last {seg['channels_last']}), compute phase, each run (s)",
-         " · ".join(f"{r['timings']['compute']:.2f}" for r in runs)),
+        (f"wfe run ({auto}, channels-last {seg['channels_last']}, {decoded}), compute phase, "
+         "each run (s)", " · ".join(f"{r['timings']['compute']:.2f}" for r in runs)),
         ("model alone, batches from host memory (upload, pass, download), each turn (s)",
          " · ".join(f"{t:.2f}" for t in from_host)),
         ("model alone, batches on the device, each turn (s)",
@@ -280,6 +286,12 @@ def measure(work: Path, device: str, side: int, turns: int, repeat: int = 1,
         ("ratio wfe run / model alone from host memory, compute phase",
          f"{min(from_host) / compute:.3f}"),
     ]
+    if cpu_decoded:
+        best = min(r["timings"]["compute"] for r in cpu_decoded)
+        rows += [("wfe run, the CPU decoding the tiles, compute phase, each run (s)",
+                  " · ".join(f"{r['timings']['compute']:.2f}" for r in cpu_decoded)),
+                 ("ratio wfe run / model alone on the device, the CPU decoding",
+                  f"{min(alone) / best:.3f}")]
     if device != "cpu":
         rows += against_cpu(work, workflow, device)
     return rows

@@ -70,6 +70,9 @@ class SegmentParams(StageParams):
                             "faster is kept and remembered in wfe's cache folder (it "
                             "helps some encoders and devices, slows others).")
     compile: bool = Field(False, description="torch.compile the network (slow first batch).")
+    decode_on_device: bool = Field(
+        True, description="With the model on a GPU, decode the image's JPEG tiles there "
+                          "(nvJPEG) where its reader describes them; false: the CPU decodes.")
     probabilities_dtype: Literal["float32", "float16", "uint8"] = Field(
         "float32", description="Stored probabilities: float32, float16, or uint8 (× 255).")
     chunk: int = Field(2048, gt=0, description="Output chunk size (the result does not depend "
@@ -201,7 +204,8 @@ class SegmentStage(Stage):
             # On a GPU the windows are blended there, and the CPU's cores are free to
             # decode each region (docs/inference.md, On a GPU).
             on_device = model.blends_on_device
-            read = _read_on_device(model, level, ctx, source) if on_device else None
+            read = (_read_on_device(model, level, ctx, source)
+                    if on_device and p.decode_on_device else None)
             sums = sliding_window_sums(
                 arr, partial(model.predict, tta=tta), out_channels=k, window=window,
                 overlap=p.overlap, blend=p.blend, sigma_scale=p.sigma_scale, chunk=p.chunk,
