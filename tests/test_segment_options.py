@@ -507,3 +507,39 @@ def test_tiles_a_device_decodes_otherwise_are_decoded_on_the_cpu(tmp_path, regis
         device = _run(tmp_path, registry, image, chunk=300)["labels"].data.compute()
     assert "decode on cpu unlike the reader's decoding" in caplog.text
     assert (device != host).mean() < 1e-5
+
+
+def test_the_next_chunk_starts_while_a_regions_sums_come_back(tmp_path, registry, image,
+                                                              monkeypatch):
+    """On the device path the model is handed to the next chunk once a region's passes
+    are queued, before its sums are waited for (on a GPU they come back on a copy stream
+    while the next region runs): every wait for sums comes after its chunk handed over."""
+    from wfe import stitch
+    from wfe_builtin.models import loader
+
+    events = []
+    accumulate, handed_over = loader.LoadedModel._accumulate, stitch._ReadGate.handed_over
+
+    def queued(self, *args):
+        wait = accumulate(self, *args)
+
+        def waited():
+            events.append("wait")
+            return wait()
+
+        return waited
+
+    def handed(self):
+        events.append("handed")
+        handed_over(self)
+
+    monkeypatch.setattr(loader.LoadedModel, "blends_on_device", property(lambda self: True))
+    monkeypatch.setattr(loader.LoadedModel, "_accumulate", queued)
+    monkeypatch.setattr(stitch._ReadGate, "handed_over", handed)
+    crop = Raster(levels=[image.levels[0][:, :900, :700]], pixel_size=[1.0],
+                  channels=image.channels)
+    _run(tmp_path, registry, crop, chunk=200)["labels"].data.compute(scheduler="sync")
+    assert events.count("wait") > 1
+    assert events[:2] == ["handed", "wait"] and events.count("handed") >= events.count("wait")
+    assert all(events[:n + 1].count("handed") >= events[:n + 1].count("wait")
+               for n in range(len(events)))

@@ -53,9 +53,9 @@ __all__ = ["Accumulate", "blend_block", "blended", "chunk_edges", "read_region",
            "sliding_window_sums"]
 
 Predict = Callable[[np.ndarray], np.ndarray]
-# (region, window starts, region origin, weights, batch size) -> the region's sums
-Accumulate = Callable[[np.ndarray, list[tuple[int, int]], tuple[int, int], np.ndarray, int],
-                      np.ndarray]
+# (region, window starts, region origin, weights, batch size, submitted) -> the region's sums
+Accumulate = Callable[[np.ndarray, list[tuple[int, int]], tuple[int, int], np.ndarray, int,
+                       Callable[[], None]], np.ndarray]
 After = Callable[[int, int], list[tuple[int, ...]]]  # chunk (i, j) -> another array's blocks
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 Part = tuple[np.ndarray, tuple[int, int]]  # (Σ p·w per channel, Σ w) stacked, origin (y, x)
@@ -390,7 +390,8 @@ def _predict(run: _Pass, region: np.ndarray, starts: list[tuple[int, int]],
 
     try:
         if run.accumulate is not None:
-            sums = run.accumulate(region, starts, origin, run.weights, run.batch_size)
+            sums = run.accumulate(region, starts, origin, run.weights, run.batch_size,
+                                  hand_over)
             expected = (run.out_channels + 1, *region.shape[1:])
             if sums.shape != expected:
                 raise ValueError(f"accumulate returned shape {sums.shape}, expected {expected}")
@@ -541,12 +542,14 @@ def sliding_window_sums(image: da.Array, predict: Predict, *, out_channels: int,
         (which would hold every chunk of it in memory until then).
     accumulate
         Computes a region's sums itself, in place of ``predict`` and the blending here:
-        ``accumulate(region, starts, origin, weights, batch_size)`` returns the
-        ``(out_channels + 1, h, w)`` sums of the windows at ``starts`` (image
+        ``accumulate(region, starts, origin, weights, batch_size, submitted)`` returns
+        the ``(out_channels + 1, h, w)`` sums of the windows at ``starts`` (image
         coordinates) in ``region`` (the image read at ``origin``), each window's
         prediction times ``weights`` and the weights, summed where windows overlap. A
         model on a GPU blends there, so that only a region's pixels go to the device
-        and only its sums come back, not every window's prediction.
+        and only its sums come back, not every window's prediction. It may call
+        ``submitted()`` once the model has all the region's windows (the next chunk
+        then starts, while these sums come back); else that happens when it returns.
     read_workers
         Threads decoding each region after the first (which uses every core). One
         when the model runs on the CPU, whose cores it needs; more when it does not.
