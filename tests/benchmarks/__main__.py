@@ -35,33 +35,16 @@ from typing import Any
 
 import numpy as np
 
+from tests.benchmarks.common import NO_MASK, cpu_name
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
-
-
-NO_MASK = """
-wfe: 1
-stages:
-  - {{id: image, uses: read, with: {{mpp: 1.0}}}}
-  - id: seg
-    uses: segment
-    with: {{image: image, model: {model}, overlap: 64}}
-  - {{id: labels, uses: write, with: {{data: seg.labels, path: "{{output}}/labels.ome.zarr"}}}}
-"""
 
 
 def throughput(work: Path, name: str, size: tuple[int, int], seed: int, workflow: Path,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,38 +27,20 @@ from typing import Any
 
 import numpy as np
 
+from tests.benchmarks.common import NO_MASK, cpu_name
 from wfe_builtin.models.torch_thread import on_torch_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "workflows/models/demo.safetensors"
-WORKFLOW = """
-wfe: 1
-stages:
-  - {{id: image, uses: read, with: {{mpp: 1.0}}}}
-  - id: seg
-    uses: segment
-    with: {{image: image, model: {model}, overlap: 64}}
-  - {{id: labels, uses: write, with: {{data: seg.labels, path: "{{output}}/labels.ome.zarr"}}}}
-"""
 
 
 def device_name(device: str) -> str:
     """The device in words: the GPU's name, or the CPU's model and core count."""
-    import os
-
     import torch
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def precisions(device: str) -> list[str]:
@@ -226,7 +208,7 @@ def measure(work: Path, device: str, side: int, turns: int, repeat: int = 1,
     if repeat > 1:
         slide = repeat_slide(slide, work / f"device-{side}x{repeat}.tiff", repeat)
     workflow = work / "device.yaml"
-    workflow.write_text(WORKFLOW.format(model=WEIGHTS))
+    workflow.write_text(NO_MASK.format(model=WEIGHTS))
     registry = load_registry()
     pixels = at_resolution(open_image(slide, registry), 1.0, "bench").levels[0].compute()
     grid = WindowGrid(*pixels.shape[1:], 512, 64)
@@ -289,18 +271,14 @@ def measure(work: Path, device: str, side: int, turns: int, repeat: int = 1,
         ("ratio wfe run / model alone from host memory, compute phase",
          f"{min(from_host) / compute:.3f}"),
     ]
-    if cpu_decoded:
-        best = min(r["timings"]["compute"] for r in cpu_decoded)
-        rows += [("wfe run, the CPU decoding the tiles, compute phase, each run (s)",
-                  " · ".join(f"{r['timings']['compute']:.2f}" for r in cpu_decoded)),
-                 ("ratio wfe run / model alone on the device, the CPU decoding",
-                  f"{min(alone) / best:.3f}")]
-    if larger:
-        best = min(r["timings"]["compute"] for r in larger)
-        rows += [("wfe run, chunk 4096, compute phase, each run (s)",
-                  " · ".join(f"{r['timings']['compute']:.2f}" for r in larger)),
-                 ("ratio wfe run / model alone on the device, chunk 4096",
-                  f"{min(alone) / best:.3f}")]
+    for what, records in (("the CPU decoding the tiles", cpu_decoded),
+                          ("chunk 4096", larger)):
+        if records:
+            times = [r["timings"]["compute"] for r in records]
+            rows += [(f"wfe run, {what}, compute phase, each run (s)",
+                      " · ".join(f"{t:.2f}" for t in times)),
+                     (f"ratio wfe run / model alone on the device, {what}",
+                      f"{min(alone) / min(times):.3f}")]
     if device != "cpu":
         rows += against_cpu(work, workflow, device)
     return rows
