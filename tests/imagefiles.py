@@ -46,6 +46,57 @@ def write_svs(path: Path, compression: str | int = "jpeg", size: tuple[int, int]
     return base
 
 
+def _jpeg_segments(stream: bytes) -> list[tuple[int, bytes]]:
+    """A JPEG stream's marker segments up to the scan, ``(marker, bytes)``; then the scan."""
+    parts, i = [], 2
+    while stream[i + 1] != 0xDA:
+        n = int.from_bytes(stream[i + 2:i + 4], "big")
+        parts.append((stream[i + 1], stream[i:i + 2 + n]))
+        i += 2 + n
+    return [*parts, (0xDA, stream[i:])]
+
+
+def _abbreviated_jpeg(tile: np.ndarray) -> tuple[bytes, bytes]:
+    """``tile`` as a TIFF JPEG tile the way libtiff writes one: its quantisation tables
+    apart (for JPEGTables), the tile's stream without them or a JFIF marker."""
+    import imagecodecs
+
+    stream = imagecodecs.jpeg8_encode(np.ascontiguousarray(tile), level=80, colorspace="RGB",
+                                      outcolorspace="YCBCR", subsampling=(2, 2))
+    parts = _jpeg_segments(stream)
+    tables = b"\xff\xd8" + b"".join(s for m, s in parts if m == 0xDB) + b"\xff\xd9"
+    return tables, b"\xff\xd8" + b"".join(s for m, s in parts if m not in (0xDB, 0xE0))
+
+
+def write_aperio_jpeg(path: Path, size: tuple[int, int] = (1024, 768), mpp: float = 0.5,
+                      missing: tuple[tuple[int, int], ...] = ((1, 1),)) -> np.ndarray:
+    """An Aperio SVS whose JPEG tiles are laid out as the scanners' libtiff writes them
+    (YCbCr; each tile's stream without the quantisation tables, which are in the page's
+    JPEGTables), with the tiles at ``missing`` (row, column) never written, and a 4×
+    level."""
+    h, w = size
+    base = pattern(h, w)
+    props = f"|AppMag = 20|MPP = {mpp}"
+    with tifffile.TiffWriter(path) as tif:
+        for k in (1, 4):
+            a = base[::k, ::k]
+            tables = _abbreviated_jpeg(a[:256, :256])[0]
+            rows, cols = -(-a.shape[0] // 256), -(-a.shape[1] // 256)
+            whole = np.pad(a, ((0, rows * 256 - a.shape[0]), (0, cols * 256 - a.shape[1]), (0, 0)),
+                           mode="edge")  # edge tiles are whole tiles
+            tiles = (b"" if (r, c) in missing and k == 1 else
+                     _abbreviated_jpeg(whole[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256])[1]
+                     for r in range(rows) for c in range(cols))
+            head = f"[0,0 {w}x{h}] (256x256) JPEG/RGB Q=80" if k == 1 else f"-> {w // k}x{h // k}"
+            tif.write(tiles, shape=a.shape, dtype=np.uint8, tile=(256, 256), photometric="ycbcr",
+                      compression="jpeg", subsampling=(2, 2), jpegtables=tables, metadata=None,
+                      description=f"{APERIO}{w}x{h} {head}{props}")
+            if k == 1:
+                tif.write(base[::8, ::8].copy(), compression="jpeg", photometric="rgb",
+                          metadata=None, description=f"{APERIO}{w}x{h} -> {w // 8}x{h // 8}")
+    return base
+
+
 def write_ndpi(path: Path, size: tuple[int, int] = (1024, 1536), mpp: float = 0.5) -> np.ndarray:
     """A Hamamatsu NDPI: one JPEG strip per level, NDPI private tags, a macro image."""
     base = pattern(*size)

@@ -12,6 +12,7 @@ import pytest
 from wfe.io import open_image
 from wfe_builtin.readers import geotiff, tiff
 from wfe_builtin.readers._common import kept_open
+from wfe_builtin.readers._tiff_tiles import file_descriptor
 from wfe_builtin.synthetic import SyntheticSlide, write_slide
 from wfe_builtin.synthetic.scene import SyntheticScene, write_scene
 
@@ -83,7 +84,7 @@ def test_an_archive_of_slides_leaves_at_most_the_kept_files_open(tmp_path, regis
         raster = open_image(path, registry)
         assert raster.levels[0][:, :64, :64].compute(scheduler="sync").shape == (3, 64, 64)
     assert _open_files(tmp_path) <= 2 * tiff.OPEN_FILES  # a descriptor and a TiffFile each
-    assert tiff._fd.open_count() == tiff.OPEN_FILES
+    assert file_descriptor.open_count() == tiff.OPEN_FILES
     # What was closed opens again when it is read again.
     assert open_image(paths[0], registry).levels[0][:, :8, :8].compute(scheduler="sync").any()
 

@@ -435,19 +435,16 @@ def test_every_model_call_runs_on_the_one_torch_thread(tmp_path, registry, image
     assert threading.get_ident() not in forwards
 
 
-def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, registry,
-                                                                  monkeypatch):
-    """The GPU's path for a JPEG-tiled slide, run on the CPU: each region's compressed
-    tiles go to the model, which decodes them (torchvision's ``decode_jpeg``, nvJPEG on a
-    GPU) and blends there; the reader decodes none during the pass, and the result is
-    the one the reader's decoding gives, on a level whose sides are not whole tiles."""
-    from wfe.io import open_image
+def _decoded_on_the_device_as_by_the_reader(tmp_path, registry, monkeypatch, reader,
+                                            decode: str, open_level) -> np.ndarray:
+    """Run the segment stage on the level ``open_level()`` gives, first the reader
+    decoding (``reader.<decode>``, counted), then the model decoding the tiles the
+    reader described: the device's run decodes nothing through the reader, gives the
+    reader's result, and ``decode_on_device: false`` is honoured. Its probabilities."""
     from wfe_builtin.models import loader
-    from wfe_builtin.readers import tiff
-    from wfe_builtin.synthetic.slide import SyntheticSlide, write_slide
 
     reads, decoded = [], []
-    read_encoded, decode_region = loader.LoadedModel.read_encoded, tiff._decode_region
+    read_encoded, decode_region = loader.LoadedModel.read_encoded, getattr(reader, decode)
 
     def counted_read(self, tiles, index):
         reads.append(index)
@@ -458,9 +455,8 @@ def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, regi
         decoded.append(1)
         return decode_region(*args, **kwargs)
 
-    monkeypatch.setattr(tiff, "_decode_region", counted_decode)  # before the image's graph
-    path = write_slide(SyntheticSlide(width=1403, height=1109, seed=4), tmp_path / "odd.tiff")
-    image = at_resolution(open_image(path, registry), 1.0, "t")  # level 1: 702 × 555
+    monkeypatch.setattr(reader, decode, counted_decode)  # before the image's graph
+    image = open_level()
     params = {"chunk": 300, "overlap": 40}
     host = _run(tmp_path, registry, image, **params)
     expected = dask.compute(host["probabilities"].data, host["labels"].data)
@@ -476,12 +472,52 @@ def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, regi
     decoded.clear()
     probs, labels = dask.compute(device["probabilities"].data, device["labels"].data)
     assert len(reads) - checked > 1 and not decoded
-    assert probs.shape == (3, 555, 702)
     assert np.abs(probs - expected[0]).max() <= 1e-5
     assert (labels != expected[1]).mean() < 1e-5
     reads.clear()
     _run(tmp_path, registry, image, decode_on_device=False, **params)["labels"].data.compute()
     assert not reads and decoded  # asked not to: the reader decodes
+    return probs
+
+
+def test_jpeg_tiles_decoded_on_the_device_give_the_readers_result(tmp_path, registry,
+                                                                  monkeypatch):
+    """The GPU's path for a JPEG-tiled slide, run on the CPU: each region's compressed
+    tiles go to the model, which decodes them (torchvision's ``decode_jpeg``, nvJPEG on a
+    GPU) and blends there; the reader decodes none during the pass, and the result is
+    the one the reader's decoding gives, on a level whose sides are not whole tiles."""
+    from wfe.io import open_image
+    from wfe_builtin.readers import tiff
+    from wfe_builtin.synthetic.slide import SyntheticSlide, write_slide
+
+    path = write_slide(SyntheticSlide(width=1403, height=1109, seed=4), tmp_path / "odd.tiff")
+    probs = _decoded_on_the_device_as_by_the_reader(
+        tmp_path, registry, monkeypatch, tiff, "_decode_region",
+        lambda: at_resolution(open_image(path, registry), 1.0, "t"))  # level 1: 702 × 555
+    assert probs.shape == (3, 555, 702)
+
+
+def test_aperio_jpeg_tiles_are_decoded_on_the_device(tmp_path, registry, monkeypatch):
+    """An Aperio slide, read through OpenSlide, laid out as the scanners write it (each
+    tile's stream without the tables the page keeps in JPEGTables; a tile never written,
+    which OpenSlide gives as white): on the device path its tiles are decoded by the
+    model, tables merged in, and the result is OpenSlide's."""
+    from imagefiles import write_aperio_jpeg
+    from wfe.io import open_image
+    from wfe_builtin.readers import openslide
+
+    path = tmp_path / "slide.svs"
+    write_aperio_jpeg(path, mpp=1.0, missing=((1, 1),))  # the model's pixel size
+
+    def open_level():
+        raster = open_image(path, registry)
+        assert raster.attrs["reader"] == "openslide"
+        assert len(raster.attrs["encoded"]) == 2  # both levels
+        return at_resolution(raster, 1.0, "t")
+
+    probs = _decoded_on_the_device_as_by_the_reader(tmp_path, registry, monkeypatch,
+                                                    openslide, "_read_tile", open_level)
+    assert probs.shape == (3, 1024, 768)
 
 
 def test_tiles_a_device_decodes_otherwise_are_decoded_on_the_cpu(tmp_path, registry,

@@ -51,13 +51,17 @@ class EncodedTiles:
     fetch
         ``fetch([(row, col), ...])``: the tiles' compressed bytes, in that order.
         Picklable (a module-level function, or a ``functools.partial`` of one), and
-        safe to call from several threads.
+        safe to call from several threads. A tile never written is ``b""``.
+    fill
+        The value the reader gives every pixel of a tile never written (0 for black,
+        255 where the format makes such tiles white, as OpenSlide does).
     """
 
     codec: str
     shape: tuple[int, int, int]
     tile: tuple[int, int]
     fetch: Fetch
+    fill: int = 0
 
     def under(self, ys: slice, xs: slice) -> tuple[list[tuple[int, int]],
                                                     list[tuple[slice, slice, slice, slice]]]:

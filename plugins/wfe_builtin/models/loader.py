@@ -208,7 +208,7 @@ class LoadedModel:
         ``tiles`` describes, as a ``(c, h, w)`` uint8 tensor on the model's device,
         decoded there: only the compressed tiles cross to the device. The bytes are read
         on the calling thread, the tiles decoded (in one batch) and placed on the torch
-        thread. A tile never written is 0, as the reader's own decoding gives it."""
+        thread. A tile never written is the value the reader gives it (``tiles.fill``)."""
         _, ys, xs = index
         indices, boxes = tiles.under(ys, xs)
         streams = tiles.fetch(indices)
@@ -225,7 +225,7 @@ class LoadedModel:
         present = [n for n, data in enumerate(streams) if data]
         region = torch.empty((c, *size), dtype=torch.uint8, device=self.device)
         if len(present) < len(streams):
-            region.zero_()
+            region.fill_(tiles.fill)
         if present:
             decoded = decode_jpeg([torch.frombuffer(bytearray(streams[n]), dtype=torch.uint8)
                                    for n in present],

@@ -3,7 +3,8 @@
 Aperio .svs (JPEG and JPEG 2000 tiles), Hamamatsu .ndpi/.vms, MIRAX .mrxs,
 Leica .scn, Ventana .bif, Philips TIFF, DICOM WSI (any file of the series),
 Sakura .svslide, and tiled TIFF. A plain tiled TIFF is left to the tifffile
-reader, which keeps its exact dtype and channels.
+reader, which keeps its exact dtype and channels. Aperio's JPEG tiles are also
+described as compressed tiles (:mod:`wfe.encoded`), for a model on a GPU to decode.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from wfe.encoded import EncodedTiles
 from wfe.errors import InputError
 from wfe.raster import Raster
 from wfe_builtin.readers._common import decode_guard, kept_open, lazy_blocks, plausible_mpp
+from wfe_builtin.readers._tiff_tiles import jpeg_tiles, tiff_pages
 
 __all__ = ["OpenSlideReader"]
+
+#: What OpenSlide gives for a tile never written (transparent), once made opaque: white.
+MISSING_TILE = 255
+
 
 def _close(slide: Any) -> None:
     slide.close()
@@ -58,8 +65,30 @@ def _read_tile(path: str, level: int, downsample: float,
                                           (x1 - x0, y1 - y0))
         rgba = np.asarray(region)
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)  # transparent -> white
+    rgb = rgba[..., :3].astype(np.float32) * alpha + MISSING_TILE * (1 - alpha)  # -> white
     return np.rint(rgb).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _aperio_tiles(path: Path, levels: list[Any]) -> dict[str, EncodedTiles]:
+    """The JPEG tiles of an Aperio slide's levels, each a TIFF page of the same size as
+    the level, so that a model on a GPU decodes them there (docs/inference.md, On a
+    GPU). Other vendors' levels are not one page each as OpenSlide gives them (NDPI's
+    strips, MIRAX's and Ventana's overlapping tiles, Leica's offsets): not described."""
+    import tifffile
+
+    try:
+        pages = tiff_pages(str(path), 0)
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+        return {}  # OpenSlide reads it; the CPU decodes
+    encoded = {}
+    for level in levels:
+        _, h, w = level.shape
+        same = [i for i, page in enumerate(pages) if (page.imagelength, page.imagewidth) == (h, w)]
+        tiles = (jpeg_tiles(str(path), 0, same[0], pages[same[0]], level.shape, MISSING_TILE)
+                 if same else None)
+        if tiles is not None:
+            encoded[level.name] = tiles
+    return encoded
 
 
 def _check_dicom_series(path: Path, props: Any) -> None:
@@ -132,9 +161,11 @@ class OpenSlideReader:
             levels.append(lazy_blocks(_read_tile, (3, h, w), chunks, np.uint8, str(path), level,
                                       ds))
         pixel_size = [base * ds for ds in slide.level_downsamples] if base else None
+        vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
+        encoded = _aperio_tiles(path, levels) if vendor == "aperio" else {}
         return Raster(levels=levels, pixel_size=pixel_size, channels=("R", "G", "B"),
-                      attrs={"source": str(path), "reader": self.name,
-                             "vendor": props.get(openslide.PROPERTY_NAME_VENDOR),
+                      attrs={"source": str(path), "reader": self.name, "vendor": vendor,
+                             "encoded": encoded,
                              "objective_power": props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER),
                              "associated": sorted(slide.associated_images),
                              "associated_sizes": {k: list(v.size) for k, v in

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wfe.encoded import EncodedTiles
 from wfe.errors import InputError
 from wfe.raster import Raster
 from wfe_builtin.readers._common import (
@@ -29,6 +27,7 @@ from wfe_builtin.readers._common import (
     pick_index,
     plausible_mpp,
 )
+from wfe_builtin.readers._tiff_tiles import OPEN_FILES, file_descriptor, jpeg_tiles, tiff_pages
 
 __all__ = ["TiffReader"]
 
@@ -37,8 +36,6 @@ _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m":
 _FLAGS = ("svs", "ndpi", "ome", "qpi", "imagej", "philips", "scn", "bif", "geotiff")
 #: Chunks are whole tiles (or bands of strips) at least this many pixels on a side.
 MIN_CHUNK = 512
-#: Files kept open for the next chunk (each as a descriptor, a TiffFile and a Zarr store).
-OPEN_FILES = 32
 
 # tifffile logs damaged structures itself; wfe reports them as one error line instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -165,25 +162,6 @@ def _zarr_levels(path: str, series: int) -> tuple[Any, ...]:
 
 
 
-def _close_pages(pages: tuple[Any, ...]) -> None:
-    pages[0].parent.close()
-
-
-@kept_open(OPEN_FILES, _close_pages)
-def _pages(path: str, series: int) -> tuple[Any, ...]:
-    """Level-0..n pages of one series, from a TiffFile kept open per file and process."""
-    import tifffile
-
-    tif = tifffile.TiffFile(path)
-    return tuple(lvl.pages[0] for lvl in tif.series[series].levels)
-
-
-@kept_open(OPEN_FILES, os.close)
-def _fd(path: str) -> int:
-    """A read-only descriptor for ``os.pread`` (positioned reads are safe across threads)."""
-    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-
-
 def _decode_region(path: str, series: int, level: int,
                    block_info: Any = None) -> np.ndarray:
     """Decode the tiles (or strips) under one chunk with tifffile, straight from the file.
@@ -192,13 +170,13 @@ def _decode_region(path: str, series: int, level: int,
     layer that costs several times the decoding itself per tile.
     """
     (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-    page = _pages(path, series)[level]
+    page = tiff_pages(path, series)[level]
     planes, _, height, width, contig = page.shaped
     th, tw = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip or height,
                                                                      width)
     rows, cols = -(-height // th), -(-width // tw)
     out = np.empty((planes * contig, y1 - y0, x1 - x0), page.dtype)
-    fd = _fd(path)
+    fd = file_descriptor(path)
     with decode_guard(path, level, y0, x0):
         for plane in range(planes):
             for ty in range(y0 // th, -(-y1 // th)):
@@ -215,35 +193,6 @@ def _decode_region(path: str, series: int, level: int,
                     c = slice(plane * contig, plane * contig + part.shape[0])
                     out[c, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = part
     return out
-
-
-def _jpeg_streams(path: str, series: int, level: int,
-                  indices: list[tuple[int, int]]) -> list[bytes]:
-    """The JPEG tiles at ``indices`` (row, column) of one level, each a complete stream:
-    a level's shared tables (TIFF's JPEGTables), where it has them, go into each tile's
-    stream after its start marker. A tile never written is ``b""``."""
-    page = _pages(path, series)[level]
-    cols = -(-page.imagewidth // page.tilewidth)
-    tables = page.jpegtables[2:-2] if page.jpegtables else b""  # without SOI and EOI
-    fd = _fd(path)
-    streams = []
-    for row, col in indices:
-        i = row * cols + col
-        count = page.databytecounts[i]
-        data = os.pread(fd, count, page.dataoffsets[i]) if count else b""
-        streams.append(data[:2] + tables + data[2:] if data and tables else data)
-    return streams
-
-
-def _jpeg_tiles(path: Path, series: int, level: int, page: Any,
-                shape: tuple[int, int, int]) -> EncodedTiles | None:
-    """The level's JPEG tiles, for a model that decodes them on its device
-    (:mod:`wfe.encoded`): 8-bit grey or three-sample tiles, interleaved."""
-    if not (page.is_tiled and page.compression == 7 and page.bitspersample == 8
-            and page.samplesperpixel in (1, 3) and page.planarconfig == 1):
-        return None
-    return EncodedTiles("jpeg", shape, (page.tilelength, page.tilewidth),
-                        partial(_jpeg_streams, str(path), series, level))
 
 
 def _read_block(path: str, series: int, level: int,
@@ -354,7 +303,7 @@ class TiffReader:
             if single_page[i] and axes in ("YXS", "YX", "SYX"):
                 levels.append(lazy_blocks(_decode_region, shape, chunks, dtype, str(path),
                                           series, i))
-                tiles = _jpeg_tiles(path, series, i, kf, shape)
+                tiles = jpeg_tiles(str(path), series, i, kf, shape)
                 if tiles is not None:
                     encoded[levels[-1].name] = tiles
             else:
