@@ -10,11 +10,17 @@ size is written with memory bounded by one tile.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+
+from wfe.cores import available_cores
 
 __all__ = ["CLASSES", "SyntheticSlide", "write_slide"]
 
@@ -138,6 +144,35 @@ class SyntheticSlide:
                  if (i, j) in self._index]
         return self.nuclei[np.concatenate(found)] if found else self.nuclei[:0]
 
+    def _add_nuclei(self, labels: np.ndarray, darkness: np.ndarray, gx: np.ndarray,
+                    gy: np.ndarray) -> None:
+        """Mark the nuclei over the region whose pixel centres are ``gx`` × ``gy``
+        (level-0 coordinates): label 2 where a nucleus covers tissue, and each pixel's
+        darkness the largest any nucleus gives it. All nuclei at once, each in a box of
+        the largest nucleus's size (masked to its own), so that no Python loop runs
+        per nucleus."""
+        near = self._nuclei_near(gx[0], gy[0], gx[-1], gy[-1])
+        if not len(near):
+            return
+        nx, ny, r, e = near.T
+        j0, j1 = np.searchsorted(gx, nx - r), np.searchsorted(gx, nx + r)
+        i0, i1 = np.searchsorted(gy, ny - r), np.searchsorted(gy, ny + r)
+        some = (j0 < j1) & (i0 < i1)
+        if not some.any():
+            return
+        nx, ny, r, e, i0, i1, j0, j1 = (a[some] for a in (nx, ny, r, e, i0, i1, j0, j1))
+        rows = i0[:, None] + np.arange((i1 - i0).max())  # (n, box height)
+        cols = j0[:, None] + np.arange((j1 - j0).max())  # (n, box width)
+        inside = (rows < i1[:, None])[:, :, None] & (cols < j1[:, None])[:, None, :]
+        rows, cols = np.minimum(rows, len(gy) - 1), np.minimum(cols, len(gx) - 1)
+        sx = gx[cols][:, None, :] - nx[:, None, None]
+        sy = gy[rows][:, :, None] - ny[:, None, None]
+        d = np.hypot(sx / r[:, None, None], sy / (r * e)[:, None, None])
+        ii, jj = np.broadcast_arrays(rows[:, :, None], cols[:, None, :])
+        hit = inside & (d < 1) & (labels[ii, jj] > 0)
+        labels[ii[hit], jj[hit]] = 2
+        np.maximum.at(darkness, (ii[hit], jj[hit]), (1 - 0.35 * d[hit] ** 2).astype(np.float32))
+
     def render(self, x: int, y: int, w: int, h: int, downsample: float = 1.0,
                noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """RGB ``(h, w, 3)`` uint8 and labels ``(h, w)`` of a region of the level with
@@ -147,17 +182,7 @@ class SyntheticSlide:
         X, Y = np.meshgrid(gx, gy)
         labels = self._tissue(X.ravel(), Y.ravel()).reshape(h, w).astype(np.uint8)
         darkness = np.zeros((h, w), np.float32)
-        for nx, ny, r, e in self._nuclei_near(gx[0], gy[0], gx[-1], gy[-1]):
-            j0, j1 = np.searchsorted(gx, [nx - r, nx + r])
-            i0, i1 = np.searchsorted(gy, [ny - r, ny + r])
-            if j0 >= j1 or i0 >= i1:
-                continue
-            sx, sy = X[i0:i1, j0:j1] - nx, Y[i0:i1, j0:j1] - ny
-            d = np.hypot(sx / r, sy / (r * e))
-            hit = (d < 1) & (labels[i0:i1, j0:j1] > 0)
-            labels[i0:i1, j0:j1][hit] = 2
-            darkness[i0:i1, j0:j1] = np.maximum(darkness[i0:i1, j0:j1],
-                                                np.where(hit, 1 - 0.35 * d**2, 0))
+        self._add_nuclei(labels, darkness, gx, gy)
         texture = 0.5 + 0.25 * (np.sin(X / (9 / self.mpp)) * np.cos(Y / (13 / self.mpp))
                                 + np.sin((X + Y) / (31 / self.mpp)))
         rgb = np.empty((h, w, 3), np.float32)
@@ -181,16 +206,33 @@ class SyntheticSlide:
         return shapes
 
 
-def _tiles(slide: SyntheticSlide, h: int, w: int, d: int, tile: int) -> Iterator[np.ndarray]:
-    for ty in range(0, h, tile):
-        for tx in range(0, w, tile):
-            th, tw = min(tile, h - ty), min(tile, w - tx)
-            rgb, _ = slide.render(tx, ty, tw, th, d)
-            if (th, tw) != (tile, tile):
-                padded = np.full((tile, tile, 3), 255, np.uint8)
-                padded[:th, :tw] = rgb
-                rgb = padded
-            yield rgb
+def _tile(slide: SyntheticSlide, h: int, w: int, d: int, tile: int,
+          corner: tuple[int, int]) -> np.ndarray:
+    """The tile at ``corner`` (y, x) of the level ``h × w`` with downsample ``d``, a whole
+    tile (white beyond the level's edge)."""
+    ty, tx = corner
+    th, tw = min(tile, h - ty), min(tile, w - tx)
+    rgb, _ = slide.render(tx, ty, tw, th, d)
+    if (th, tw) != (tile, tile):
+        padded = np.full((tile, tile, 3), 255, np.uint8)
+        padded[:th, :tw] = rgb
+        rgb = padded
+    return rgb
+
+
+def _tiles(slide: SyntheticSlide, h: int, w: int, d: int, tile: int,
+           pool: ThreadPoolExecutor, ahead: int) -> Iterator[np.ndarray]:
+    """The level's tiles in row order, rendered on ``pool``'s threads (numpy works
+    outside the GIL) at most ``ahead`` tiles ahead of the writer, so memory stays a few
+    tiles."""
+    corners = ((ty, tx) for ty in range(0, h, tile) for tx in range(0, w, tile))
+    render = partial(_tile, slide, h, w, d, tile)
+    queued = deque(pool.submit(render, c) for c in islice(corners, ahead))
+    while queued:
+        rgb = queued.popleft().result()
+        for corner in islice(corners, 1):
+            queued.append(pool.submit(render, corner))
+        yield rgb
 
 
 def write_slide(slide: SyntheticSlide, path: str | Path, tile: int = 256,
@@ -208,11 +250,12 @@ def write_slide(slide: SyntheticSlide, path: str | Path, tile: int = 256,
     tmp = path.with_name(f".{path.name}.partial")
     levels = slide.level_shapes()
     big = slide.width * slide.height * 3 > 2**31
-    with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+    workers = available_cores()
+    with tifffile.TiffWriter(tmp, bigtiff=big) as tw, ThreadPoolExecutor(workers) as pool:
         for n, (h, w, d) in enumerate(levels):
             per_cm = 1e4 / (slide.mpp * d)
             tw.write(
-                _tiles(slide, h, w, d, tile), shape=(h, w, 3), dtype=np.uint8,
+                _tiles(slide, h, w, d, tile, pool, 2 * workers), shape=(h, w, 3), dtype=np.uint8,
                 tile=(tile, tile), photometric="rgb", compression="jpeg",
                 compressionargs={"level": quality}, subfiletype=0 if n == 0 else 1,
                 resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
