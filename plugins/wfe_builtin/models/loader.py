@@ -157,6 +157,8 @@ class LoadedModel:
         GPU is not left idle while 81 MiB (a 2304² region, four classes) cross.
         ``submitted()`` is called once the passes are queued, before that wait.
         """
+        if isinstance(region, np.ndarray) and self.device.startswith("cuda"):
+            region = _pinned(region)  # here, on the caller's thread, not the torch thread
         wait = on_torch_thread(self._accumulate, region, starts, origin, weights,
                                batch_size, tta)
         submitted()
@@ -174,7 +176,10 @@ class LoadedModel:
         k, window = len(self.card.classes), weights.shape[0]
         oy, ox = origin
         with torch.inference_mode():
-            pixels = (region if isinstance(region, torch.Tensor)  # decoded there already
+            # A tensor is on the device already (decoded there) or in pinned memory, whose
+            # copy is queued behind the device's work instead of waiting for it to end.
+            pixels = (region.to(self.device, non_blocking=True)
+                      if isinstance(region, torch.Tensor)
                       else torch.from_numpy(np.ascontiguousarray(region)).to(self.device))
             w = torch.tensor(weights, dtype=torch.float32, device=self.device)
             sums = torch.zeros((k + 1, *region.shape[1:]), dtype=torch.float32,
@@ -255,6 +260,20 @@ class LoadedModel:
             return cap
         return max(1, min(cap, int(MEMORY_SHARE * free_memory(self.device)
                                    // self.window_bytes)))
+
+
+def _pinned(array: np.ndarray) -> Any:
+    """``array`` copied into page-locked (pinned) host memory, as a CPU tensor. A copy to
+    a CUDA device from ordinary (pageable) memory first waits for everything queued on
+    the device to finish, so the torch thread could not queue a region's passes while
+    the last region's ran, and the GPU sat idle during each copy; from pinned memory the
+    copy is queued like a kernel, and the torch thread goes on."""
+    import torch
+
+    source = torch.from_numpy(np.ascontiguousarray(array))
+    host = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
+    host.copy_(source)
+    return host
 
 
 @lru_cache(maxsize=8)
