@@ -332,6 +332,52 @@ def test_multiband_fpn_normalises_each_band(tmp_path, registry):
     np.testing.assert_allclose(probs[:, :39, :39], direct[:, :39, :39], atol=1e-4)
 
 
+def test_a_compiled_network_is_compiled_once_for_one_batch_shape(tmp_path, registry, image,
+                                                                 monkeypatch):
+    """``compile: true`` compiles the network (``torch.compile``, here a stand-in that
+    records the shapes it is given) before the first chunk, for the run's batch size,
+    and every batch runs in that shape: the short last batch is padded, as each new
+    shape would compile again inside the run. The result is the uncompiled one's."""
+    shapes, calls = [], []
+
+    class Recorded(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            shapes.append(tuple(x.shape))
+            return self.net(x)
+
+    def compile_stand_in(net, **options):
+        calls.append(options)
+        return Recorded(net)
+
+    monkeypatch.setattr(torch, "compile", compile_stand_in)
+    crop = Raster(levels=[image.levels[0][:, :700, :600]], pixel_size=[1.0],
+                  channels=image.channels)  # 3 × 3 windows: batches of 4, 4 and 1
+    params = {"overlap": 32, "batch_size": 4, "channels_last": False}
+    plain = _run(tmp_path, registry, crop, **params)["probabilities"].data.compute()
+    assert not calls and not shapes
+    out = _run(tmp_path, registry, crop, compile=True, **params)
+    assert len(calls) == 1 and calls[0].get("dynamic") is False
+    assert shapes == [(4, 3, 256, 256)]  # compiled before the first chunk
+    compiled = out["probabilities"].data.compute()
+    assert len(shapes) == 4 and set(shapes) == {(4, 3, 256, 256)}
+    np.testing.assert_allclose(compiled, plain, atol=1e-5)
+
+
+def test_auto_precision_is_fp16_on_every_cuda_device_and_fp32_elsewhere():
+    """``precision: auto`` autocasts to fp16 on a CUDA device, whichever its index; fp32
+    on the CPU, where bf16 is there on request."""
+    from wfe_builtin.models.loader import _autocast_dtype
+
+    assert _autocast_dtype("auto", "cuda") is torch.float16
+    assert _autocast_dtype("auto", "cuda:1") is torch.float16
+    assert _autocast_dtype("auto", "cpu") is None
+    assert _autocast_dtype("bf16", "cpu") is torch.bfloat16
+
+
 def test_cuda_asked_for_but_absent(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(WfeError, match="no CUDA device"):

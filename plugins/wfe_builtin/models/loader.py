@@ -51,7 +51,7 @@ def _autocast_dtype(precision: str, device: str) -> Any:
     import torch
 
     if precision == "auto":
-        return torch.float16 if device == "cuda" else None
+        return torch.float16 if device.split(":")[0] == "cuda" else None
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
@@ -70,6 +70,8 @@ class LoadedModel:
     _offset: Any = None
     window_bytes: int = 0  # memory one window needs in a forward pass, measured at load
     largest_buffer: int = 0  # bytes of its largest activation on the CPU, measured at load
+    compiled: bool = False  # ``net`` is ``torch.compile``'s: each new input shape compiles
+    padded_batch: int = 0  # with a compiled net: every batch is padded to this many windows
 
     def __post_init__(self) -> None:
         import torch
@@ -111,6 +113,10 @@ class LoadedModel:
         import torch
 
         views = _tta_views(tta)
+        n = pixels.shape[0]
+        if n < self.padded_batch:  # one shape for a compiled network (compile_for)
+            pixels = torch.cat([pixels, pixels.new_zeros((self.padded_batch - n,
+                                                          *pixels.shape[1:]))])
         x = pixels.to(torch.float32, copy=True)  # a copy: the caller's pixels stay as they are
         x.mul_(self._gain).sub_(self._offset)
         if self.channels_last:
@@ -120,7 +126,7 @@ class LoadedModel:
             with torch.autocast(device_type=self.device.split(":")[0],
                                 dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
-                logits = self.net(forward(x))
+                logits = self.net(forward(x))[:n]
             probs = back(torch.softmax(logits.float(), dim=1))
             total = probs if total is None else total.add_(probs)
         if len(views) > 1:
@@ -250,6 +256,18 @@ class LoadedModel:
         if self.device == "cpu" and self.largest_buffer:
             reuse_blocks_up_to(2 * batch_size * self.largest_buffer,
                                batch_size * self.window_bytes)
+
+    def compile_for(self, batch_size: int, window: int) -> None:
+        """With a compiled network, run every batch as ``batch_size`` windows of
+        ``window`` pixels (a short batch padded with empty windows, their predictions
+        dropped), and compile for that shape now. Each new shape compiles the network
+        again (the demo model: 64 s on two CPU cores for the first shape, 49 s for the
+        next): a pass's last batch, or a chunk's, is often short, and would compile
+        inside the run, once per size. Without compiling, nothing to do."""
+        if not self.compiled or self.padded_batch == batch_size:
+            return
+        self.padded_batch = batch_size
+        self.predict(np.zeros((1, self.card.in_channels, window, window), np.uint8))
 
     def auto_batch_size(self) -> int:
         """Windows per call for ``batch_size: auto``: as many as fit in half the free
@@ -413,9 +431,8 @@ def _load(weights: Path, mtime: float, device: str, precision: str, builder_targ
     # happen here, once per process, instead of inside the first batch of the first
     # input; and it tells how much memory a window needs (``batch_size: auto``).
     model.window_bytes, model.largest_buffer = _window_bytes(model)
-    if compile:
-        model.net = torch.compile(net)
-        model.predict(_blank_window(card))
+    if compile:  # compiled at the first batch: of the size compile_for gives, if called
+        model.net, model.compiled = torch.compile(net, dynamic=False), True
     return model
 
 

@@ -69,7 +69,9 @@ class SegmentParams(StageParams):
                             "each format when the model first loads on a machine, and the "
                             "faster is kept and remembered in wfe's cache folder (it "
                             "helps some encoders and devices, slows others).")
-    compile: bool = Field(False, description="torch.compile the network (slow first batch).")
+    compile: bool = Field(False, description="torch.compile the network, once, for the batch "
+                          "size, before the first chunk (a minute or more; short batches "
+                          "padded).")
     decode_on_device: bool = Field(
         True, description="With the model on a GPU, decode the image's JPEG tiles there "
                           "(nvJPEG) where its reader describes them; false: the CPU decodes.")
@@ -154,6 +156,7 @@ class SegmentStage(Stage):
         ctx.record("batch_size", batch_size)
         for model in models:
             model.reuse_buffers(batch_size)
+            model.compile_for(batch_size, window)
         ctx.record("channels_last", [m.channels_last for m in models] if len(models) > 1
                    else models[0].channels_last)
         k = len(card.classes)
