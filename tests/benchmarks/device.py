@@ -288,7 +288,25 @@ def measure(work: Path, device: str, side: int, turns: int, repeat: int = 1,
                       f"{min(alone) / min(times):.3f}")]
     if device != "cpu":
         rows += against_cpu(work, workflow, device)
+        rows += compiled_rows(slide, workflow, work, device, auto, compute)
     return rows
+
+
+def compiled_rows(slide: Path, workflow: Path, work: Path, device: str, precision: str,
+                  compute: float) -> list[tuple[str, str]]:
+    """``wfe run`` with ``compile: true``, twice (the second finds inductor's cache): what
+    compiling costs when the stage is built, and the compute phase against ``compute``
+    (the same run uncompiled)."""
+    runs = []
+    for n in range(2):
+        runs.append(wfe_compute(slide, workflow, work / f"compiled-{n}", device, precision,
+                                "seg.compile=true"))
+        print(f"compiled run {n}: {runs[-1]['timings']}", file=sys.stderr, flush=True)
+    return [("wfe run, compile: true, building the stage (compiling) / compute phase, each "
+             "run (s)", " · ".join(f"{r['timings']['build:seg']:.1f} / "
+                                   f"{r['timings']['compute']:.2f}" for r in runs)),
+            ("speed of wfe run compiled / not, compute phase",
+             f"{compute / min(r['timings']['compute'] for r in runs):.3f}")]
 
 
 def main() -> None:
