@@ -282,23 +282,32 @@ def test_blending_on_the_device_equals_blending_on_the_host(tmp_path, registry, 
     host = _run(tmp_path, registry, crop, **params)
     expected = dask.compute(host["probabilities"].data, host["labels"].data)
 
-    calls = []
+    calls, blends = [], []
     accumulate = loader.LoadedModel._accumulate
+    weights_on_device = loader.LoadedModel._weights_on_device
 
     def counted(self, region, starts, *args):
         calls.append(len(starts))
         return accumulate(self, region, starts, *args)
+
+    def kept(self, weights):
+        blends.append(weights_on_device(self, weights))
+        return blends[-1]
 
     def no_host_blending(self, batch, tta=()):
         raise AssertionError("a window's prediction came back to the host")
 
     monkeypatch.setattr(loader.LoadedModel, "blends_on_device", property(lambda self: True))
     monkeypatch.setattr(loader.LoadedModel, "_accumulate", counted)
+    monkeypatch.setattr(loader.LoadedModel, "_weights_on_device", kept)
     monkeypatch.setattr(loader.LoadedModel, "predict", no_host_blending)
     device = _run(tmp_path, registry, crop, **params)
     probs, labels = dask.compute(device["probabilities"].data, device["labels"].data)
     grid = WindowGrid(701, 555, 256, 40)
     assert len(calls) > 1 and sum(calls) == len(grid)  # every window once, region by region
+    # The blending weights went to the device once, not once per region (each copy from
+    # host memory would wait for the device's queued work, on a GPU).
+    assert len(blends) == len(calls) and all(b is blends[0] for b in blends)
     assert np.abs(probs - expected[0]).max() <= 1e-5
     assert (labels != expected[1]).mean() < 1e-5  # float ties may round either way
 

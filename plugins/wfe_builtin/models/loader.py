@@ -72,6 +72,7 @@ class LoadedModel:
     largest_buffer: int = 0  # bytes of its largest activation on the CPU, measured at load
     compiled: bool = False  # ``net`` is ``torch.compile``'s: each new input shape compiles
     padded_batch: int = 0  # with a compiled net: every batch is padded to this many windows
+    _blend: Any = None  # (the pass's blending weights, their copy on the device)
 
     def __post_init__(self) -> None:
         import torch
@@ -182,12 +183,13 @@ class LoadedModel:
         k, window = len(self.card.classes), weights.shape[0]
         oy, ox = origin
         with torch.inference_mode():
-            # A tensor is on the device already (decoded there) or in pinned memory, whose
-            # copy is queued behind the device's work instead of waiting for it to end.
-            pixels = (region.to(self.device, non_blocking=True)
-                      if isinstance(region, torch.Tensor)
-                      else torch.from_numpy(np.ascontiguousarray(region)).to(self.device))
-            w = torch.tensor(weights, dtype=torch.float32, device=self.device)
+            if not isinstance(region, torch.Tensor):
+                pixels = torch.from_numpy(np.ascontiguousarray(region)).to(self.device)
+            elif region.device.type == "cpu" and self.device.startswith("cuda"):
+                pixels = _upload(region, torch.device(self.device))  # pinned (accumulate)
+            else:
+                pixels = region.to(self.device)  # decoded on the device: there already
+            w = self._weights_on_device(weights)
             sums = torch.zeros((k + 1, *region.shape[1:]), dtype=torch.float32,
                                device=self.device)
             num, den = sums[:k], sums[k]
@@ -207,6 +209,18 @@ class LoadedModel:
                 return _download(sums, finite)
             out, ok = sums.cpu().numpy(), bool(finite)
         return lambda: (out, ok)
+
+    def _weights_on_device(self, weights: np.ndarray) -> Any:
+        """``weights`` (a pass's blending weights, the same array for each of its regions)
+        on the device, copied there once per pass: a copy from host memory at every
+        region would make the torch thread wait for the device's queued work each time
+        (CUDA finishes a stream's work before a blocking copy from pageable memory)."""
+        import torch
+
+        if self._blend is None or self._blend[0] is not weights:
+            self._blend = (weights, torch.tensor(weights, dtype=torch.float32)  # a copy
+                           .to(self.device))
+        return self._blend[1]
 
     def decodes(self, tiles: EncodedTiles) -> bool:
         """Whether :meth:`read_encoded` can decode ``tiles`` on the model's device: JPEG,
@@ -295,11 +309,29 @@ def _pinned(array: np.ndarray) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _copy_stream(device: Any) -> Any:
-    """A CUDA stream for copies from ``device`` to the host, one per device."""
+def _copy_stream(device: Any, direction: str = "out") -> Any:
+    """A CUDA stream for copies between ``device`` and the host, one per device and
+    direction (``"in"`` to the device, ``"out"`` from it)."""
     import torch
 
     return torch.cuda.Stream(device)
+
+
+def _upload(host: Any, device: Any) -> Any:
+    """``host`` (a CPU tensor in pinned memory) copied to ``device`` on the upload stream,
+    beside the passes running on the current stream, which waits for the copy before
+    its next work. Queued, not waited for: the caller goes on at once."""
+    import torch
+
+    current = torch.cuda.current_stream(device)
+    stream = _copy_stream(device, "in")
+    with torch.cuda.stream(stream):
+        pixels = host.to(device, non_blocking=True)
+    current.wait_stream(stream)
+    # Made on the upload stream, used on the current one: its memory is not reused
+    # before the current stream's work with it is done.
+    pixels.record_stream(current)
+    return pixels
 
 
 def _download(sums: Any, finite: Any) -> Callable[[], tuple[np.ndarray, bool]]:
@@ -308,7 +340,7 @@ def _download(sums: Any, finite: Any) -> Callable[[], tuple[np.ndarray, bool]]:
     the copy and gives them as ``(numpy array, bool)``."""
     import torch
 
-    stream = _copy_stream(sums.device)
+    stream = _copy_stream(sums.device, "out")
     host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
     flag = torch.empty((), dtype=torch.bool, pin_memory=True)
     stream.wait_stream(torch.cuda.current_stream(sums.device))
