@@ -69,11 +69,13 @@ def _abbreviated_jpeg(tile: np.ndarray) -> tuple[bytes, bytes]:
 
 
 def write_aperio_jpeg(path: Path, size: tuple[int, int] = (1024, 768), mpp: float = 0.5,
-                      missing: tuple[tuple[int, int], ...] = ((1, 1),)) -> np.ndarray:
+                      missing: tuple[tuple[int, int], ...] = ((1, 1),),
+                      aperio: bool = True) -> np.ndarray:
     """An Aperio SVS whose JPEG tiles are laid out as the scanners' libtiff writes them
     (YCbCr; each tile's stream without the quantisation tables, which are in the page's
-    JPEGTables), with the tiles at ``missing`` (row, column) never written, and a 4×
-    level."""
+    JPEGTables), with the tiles at ``missing`` (row, column) never written (byte count
+    0), and a 4× level. ``aperio=False``: the same pyramid as a plain sparse TIFF (pixel
+    size in the resolution tags, no thumbnail)."""
     h, w = size
     base = pattern(h, w)
     props = f"|AppMag = 20|MPP = {mpp}"
@@ -88,10 +90,13 @@ def write_aperio_jpeg(path: Path, size: tuple[int, int] = (1024, 768), mpp: floa
                      _abbreviated_jpeg(whole[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256])[1]
                      for r in range(rows) for c in range(cols))
             head = f"[0,0 {w}x{h}] (256x256) JPEG/RGB Q=80" if k == 1 else f"-> {w // k}x{h // k}"
+            per_cm = 1e4 / (mpp * k)
             tif.write(tiles, shape=a.shape, dtype=np.uint8, tile=(256, 256), photometric="ycbcr",
                       compression="jpeg", subsampling=(2, 2), jpegtables=tables, metadata=None,
-                      description=f"{APERIO}{w}x{h} {head}{props}")
-            if k == 1:
+                      **({"description": f"{APERIO}{w}x{h} {head}{props}"} if aperio else
+                         {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER",
+                          "subfiletype": 0 if k == 1 else 1}))
+            if k == 1 and aperio:
                 tif.write(base[::8, ::8].copy(), compression="jpeg", photometric="rgb",
                           metadata=None, description=f"{APERIO}{w}x{h} -> {w // 8}x{h // 8}")
     return base

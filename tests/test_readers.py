@@ -90,3 +90,21 @@ def test_read_level_choice(sample_slide, registry):
         at_resolution(raster, 0.25, "t")
     up = at_resolution(raster, 0.25, "t", allow_upsample=True)
     assert up.shape == (3, 4096, 4096) and up.mpp == pytest.approx(0.25)
+
+
+def test_tiles_never_written_read_as_zero(tmp_path, registry):
+    """A sparse TIFF (tiles of byte count 0, as libtiff and GDAL leave empty areas):
+    those tiles read as 0, as libtiff and tifffile read them, not as a damaged file; the
+    tiles described for a device decoder say so too."""
+    import tifffile
+
+    from imagefiles import write_aperio_jpeg
+
+    path = tmp_path / "sparse.tiff"
+    write_aperio_jpeg(path, missing=((1, 2),), aperio=False)
+    raster = open_image(path, registry)
+    assert raster.attrs["reader"] == "tiff"
+    pixels = raster.levels[0].compute()
+    assert not pixels[:, 256:512, 512:768].any() and pixels[:, :256].mean() > 50
+    np.testing.assert_array_equal(pixels.transpose(1, 2, 0), tifffile.imread(path))
+    assert raster.attrs["encoded"][raster.levels[0].name].fill == 0

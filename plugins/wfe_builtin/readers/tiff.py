@@ -34,6 +34,9 @@ __all__ = ["TiffReader"]
 _UNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # INCH, CENTIMETER -> µm
 _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _FLAGS = ("svs", "ndpi", "ome", "qpi", "imagej", "philips", "scn", "bif", "geotiff")
+#: The value of a tile or strip never written (byte count 0: a sparse TIFF), as libtiff
+#: and tifffile read it.
+MISSING_TILE = 0
 #: Chunks are whole tiles (or bands of strips) at least this many pixels on a side.
 MIN_CHUNK = 512
 
@@ -183,15 +186,18 @@ def _decode_region(path: str, series: int, level: int,
                 for tx in range(x0 // tw, -(-x1 // tw)):
                     index = (plane * rows + ty) * cols + tx
                     offset, count = page.dataoffsets[index], page.databytecounts[index]
-                    data = os.pread(fd, count, offset) if count else None
-                    segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-                    tile = segment[0].transpose(2, 0, 1)  # (samples, y, x)
                     sy, sx = ty * th, tx * tw
                     ys = slice(max(y0, sy), min(y1, sy + th))
                     xs = slice(max(x0, sx), min(x1, sx + tw))
-                    part = tile[:, ys.start - sy:ys.stop - sy, xs.start - sx:xs.stop - sx]
-                    c = slice(plane * contig, plane * contig + part.shape[0])
-                    out[c, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = part
+                    into = (slice(plane * contig, (plane + 1) * contig),
+                            slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+                    if not count:  # never written (a sparse TIFF): 0, as libtiff reads it
+                        out[into] = MISSING_TILE
+                        continue
+                    segment, _, _ = page.decode(os.pread(fd, count, offset), index,
+                                                jpegtables=page.jpegtables)
+                    tile = segment[0].transpose(2, 0, 1)  # (samples, y, x)
+                    out[into] = tile[:, ys.start - sy:ys.stop - sy, xs.start - sx:xs.stop - sx]
     return out
 
 
@@ -303,7 +309,7 @@ class TiffReader:
             if single_page[i] and axes in ("YXS", "YX", "SYX"):
                 levels.append(lazy_blocks(_decode_region, shape, chunks, dtype, str(path),
                                           series, i))
-                tiles = jpeg_tiles(str(path), series, i, kf, shape)
+                tiles = jpeg_tiles(str(path), series, i, kf, shape, MISSING_TILE)
                 if tiles is not None:
                     encoded[levels[-1].name] = tiles
             else:
