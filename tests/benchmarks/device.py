@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from tests.benchmarks.common import NO_MASK, cpu_name
+from tests.benchmarks.common import NO_MASK
+from wfe.cores import cpu_name
 from wfe_builtin.models.torch_thread import on_torch_thread
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from wfe.cache import cache_dir, recall, remember
+from wfe.cores import cpu_name
 
 __all__ = ["channels_last_is_faster", "choose_channels_last", "fastest",
            "set_channels_last"]
@@ -83,13 +83,7 @@ def _processor(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def layout_key(model: Any, weights: Path) -> str:

@@ -83,9 +83,10 @@ def _aperio_tiles(path: Path, levels: list[Any]) -> dict[str, EncodedTiles]:
     encoded = {}
     for level in levels:
         _, h, w = level.shape
-        same = [i for i, page in enumerate(pages) if (page.imagelength, page.imagewidth) == (h, w)]
-        tiles = (jpeg_tiles(str(path), 0, same[0], pages[same[0]], level.shape, MISSING_TILE)
-                 if same else None)
+        i = next((i for i, page in enumerate(pages)
+                  if (page.imagelength, page.imagewidth) == (h, w)), None)
+        tiles = (None if i is None
+                 else jpeg_tiles(str(path), 0, i, pages[i], level.shape, MISSING_TILE))
         if tiles is not None:
             encoded[level.name] = tiles
     return encoded
