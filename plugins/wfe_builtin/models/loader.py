@@ -309,7 +309,7 @@ def _pinned(array: np.ndarray) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _copy_stream(device: Any, direction: str = "out") -> Any:
+def _copy_stream(device: Any, direction: str) -> Any:
     """A CUDA stream for copies between ``device`` and the host, one per device and
     direction (``"in"`` to the device, ``"out"`` from it)."""
     import torch

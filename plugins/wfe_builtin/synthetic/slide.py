@@ -230,7 +230,7 @@ def _tiles(slide: SyntheticSlide, h: int, w: int, d: int, tile: int,
     queued = deque(pool.submit(render, c) for c in islice(corners, ahead))
     while queued:
         rgb = queued.popleft().result()
-        for corner in islice(corners, 1):
+        if (corner := next(corners, None)) is not None:
             queued.append(pool.submit(render, corner))
         yield rgb
 
